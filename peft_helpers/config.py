@@ -1,0 +1,98 @@
+"""The one config object of a run: every setting of the workflow lives here, checked before any model loads."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass
+class RunConfig:
+    """Settings of one fine-tuning run; the CLI flags and the notebook's parameters mirror these fields."""
+
+    model: str = field(
+        default="gpt2",
+        metadata={"help": "Hub id, local model folder, or an offline packaged model: 'minilm' or 'smollm2'."},
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "None = the Hub dataset rotten_tomatoes. Otherwise a folder with rt-polarity.pos/.neg, "
+            "a folder with train/validation/test CSV/JSON/Parquet files, or one such file."
+        },
+    )
+    text_column: str = field(default="text", metadata={"help": "Text column of a local CSV/JSON/Parquet file."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a local CSV/JSON/Parquet file."})
+    train_size: int | None = field(
+        default=None, metadata={"help": "None = the full train split; otherwise a stratified, seeded subset."}
+    )
+    eval_size: int | None = field(
+        default=None, metadata={"help": "None = the full validation/test splits; otherwise stratified subsets."}
+    )
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs (at least one for the full workflow)."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (LoRA tolerates larger ones)."})
+    batch_size: int = field(default=16, metadata={"help": "Per-device batch size for training and evaluation."})
+    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
+    warmup: float = field(default=0.06, metadata={"help": "Linear warm-up, as a ratio of all steps."})
+    seed: int = field(default=42, metadata={"help": "Seed for subsets, head initialisation, LoRA and shuffling."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where the adapter is saved; None = saved_adapters/<model>-lora."}
+    )
+    checkpoint_dir: str | None = field(
+        default=None, metadata={"help": "Training checkpoints (for --resume); None = runs/<output_dir's name>."}
+    )
+    save_steps: int = field(default=200, metadata={"help": "Checkpoint every this many steps, and at each epoch end."})
+    r: int = field(default=8, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules that get LoRA; None = peft's default for the architecture."}
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+        if self.output_dir is None:
+            self.output_dir = str(Path("saved_adapters") / f"{model_slug(self.model)}-lora")
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = str(Path("runs") / (Path(self.output_dir).name or "run"))
+
+    def validate(self) -> None:
+        """Raise UserError on the first invalid value, naming the setting and what would be valid."""
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise UserError("model is empty: give a Hub id (e.g. 'gpt2'), a local model folder, or 'minilm'/'smollm2'.")
+        for name in ("train_size", "eval_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise UserError(f"{name}={value!r}: use a positive whole number, or None for the full split.")
+        checks = [
+            ("epochs", self.epochs > 0, "a positive number"),
+            ("learning_rate", 0 < self.learning_rate < 1, "a number between 0 and 1, e.g. 5e-4"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "a whole number >= 1"),
+            ("max_length", isinstance(self.max_length, int) and self.max_length >= 2, "a whole number >= 2"),
+            ("warmup", 0 <= self.warmup < 1, "a ratio in [0, 1)"),
+            ("save_steps", isinstance(self.save_steps, int) and self.save_steps >= 1, "a whole number >= 1"),
+            ("r", isinstance(self.r, int) and self.r >= 1, "a whole number >= 1"),
+            ("alpha", self.alpha > 0, "a positive number"),
+            ("dropout", 0 <= self.dropout < 1, "a value in [0, 1)"),
+        ]
+        for name, ok, valid in checks:
+            if not ok:
+                raise UserError(f"{name}={getattr(self, name)!r} is invalid: use {valid}.")
+        if self.target_modules is not None and not self.target_modules:
+            raise UserError("target_modules is an empty list: name at least one module, or use None for the default.")
+        if self.data_dir is not None and not Path(self.data_dir).exists():
+            raise UserError(f"data_dir {self.data_dir!r} does not exist: pass an existing folder or file, or None for the Hub.")
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            raise UserError("output_dir is empty: give a folder name, e.g. saved_adapters/my-adapter.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_slug(model: str) -> str:
+    """A folder-safe short name for a model id or path ('openai-community/gpt2' -> 'gpt2')."""
+    name = Path(model.rstrip("/")).name or model
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"

@@ -1,0 +1,192 @@
+"""Loading a pretrained model for sequence classification and wrapping it in a LoRA adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
+from transformers.pytorch_utils import Conv1D
+
+from .config import RunConfig
+from .errors import UserError
+from .offline import OFFLINE_MODELS, offline_model_name, offline_model_path
+
+# Heads of *ForSequenceClassification models: GPT-2/Llama call it `score`, BERT-style models `classifier`.
+HEAD_NAMES = ("score", "classifier")
+
+
+def resolve_model(model: str) -> str:
+    """Where to load `model` from: an offline packaged model's folder, a local folder, or a Hub id as given."""
+    if offline_model_name(model):
+        return str(offline_model_path(model))
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UserError(
+                f"{model} is not a model folder (no config.json): give a folder written by save_pretrained, "
+                f"a Hub id such as 'gpt2', or one of {sorted(OFFLINE_MODELS)}."
+            )
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise UserError(f"model folder {model} does not exist.")
+    return model  # a Hub id
+
+
+def load_config(model: str):
+    """The model's config, with Hub failures turned into a message that says what to do."""
+    source = resolve_model(model)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise UserError(
+            f"could not load model {model!r} ({str(err).splitlines()[0]}). Check the name and your network, "
+            f"or use a local folder or an offline model: --model minilm (or smollm2)."
+        ) from None
+    except ValueError as err:  # unknown model_type, or a config that needs remote code
+        raise UserError(f"{model!r} is not a supported transformers model: {str(err).splitlines()[0]}") from None
+
+
+def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    tokenizer.padding_side = "right"  # the head reads the last non-pad token (GPT-2, Llama) or [CLS] (BERT)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
+    """GPT-2 has no pad token: reuse EOS for padding and tell the model, so that batches with more than one
+    example work and the classifier reads the last real token of each row, not a pad position."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError("the tokenizer has neither a pad nor an EOS token: set tokenizer.pad_token yourself.")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def max_positions(config) -> int | None:
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None) -> None:
+    """Catch pairings that would crash deep in a forward pass or silently read garbage embeddings."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise UserError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {vocab}: "
+            "use the tokenizer that belongs to the model."
+        )
+    limit = max_positions(model.config)
+    if max_length is not None and limit is not None and max_length > limit:
+        raise UserError(f"max_length={max_length} exceeds the model's {limit} positions: use max_length <= {limit}.")
+
+
+def load_model(
+    model: str, label_names: list[str], seed: int = 42, max_length: int | None = None, device: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pretrained model with a freshly initialised (seeded) classification head for `label_names`, and its
+    tokenizer with a pad token. Never runs remote code."""
+    load_config(model)  # clear errors before any weights are read
+    tokenizer = load_tokenizer(model)
+    set_seed(seed)  # the new head's initial weights
+    id2label = dict(enumerate(label_names))
+    net = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(model),
+        num_labels=len(label_names),
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+        dtype=torch.float32,
+    )
+    ensure_pad_token(tokenizer, net)
+    check_compatible(net, tokenizer, max_length)
+    return net.to(device or default_device()), tokenizer
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def head_name(model: PreTrainedModel) -> str:
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise UserError(f"{type(model).__name__} has no 'score' or 'classifier' head; it is not a sequence classifier.")
+
+
+def default_target_modules(model: PreTrainedModel) -> list[str]:
+    model_type = model.config.model_type
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if not targets:
+        raise UserError(
+            f"no default LoRA targets for model type {model_type!r}: pass target_modules, e.g. the attention "
+            "projections' names from print(model)."
+        )
+    return list(targets)
+
+
+def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
+    """LoRA settings for `model`: per-architecture targets, Conv1D layout for GPT-2, a trained and saved head."""
+    targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(model)
+    matched = [
+        module for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)
+    ]
+    if not matched:
+        raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
+    # GPT-2's attention uses Conv1D, whose weight is stored transposed (in, out) compared with nn.Linear.
+    fan_in_fan_out = any(isinstance(m, Conv1D) for m in matched)
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
+        modules_to_save=[head_name(model)],
+    )
+
+
+def create_lora_model(model: PreTrainedModel, cfg: RunConfig) -> PeftModel:
+    set_seed(cfg.seed)  # LoRA A matrices are initialised randomly
+    return get_peft_model(model, lora_config(model, cfg))
+
+
+@dataclass
+class ParameterCount:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable%: {self.percent:.4f}"
+
+
+def count_parameters(model: torch.nn.Module) -> ParameterCount:
+    """Trainable vs total parameters; for a PeftModel the total counts base, adapter and the head copy once each."""
+    if isinstance(model, PeftModel):
+        trainable, total = model.get_nb_trainable_parameters()
+        return ParameterCount(int(trainable), int(total))
+    params = list(model.parameters())
+    return ParameterCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))

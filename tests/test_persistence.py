@@ -1,0 +1,120 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from peft_helpers.config import RunConfig
+from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
+from peft_helpers.errors import UserError
+from peft_helpers.modeling import create_lora_model, load_model
+from peft_helpers.persistence import METADATA_FILE, base_model_metadata, load_adapter, save_adapter
+from peft_helpers.training import predict_logits, train
+
+from conftest import ROOT, make_tiny_bert, make_tiny_gpt2
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_gpt2, rt_dir, tmp_path_factory):
+    """A tiny GPT-2 LoRA model trained for one short epoch, and the data it was evaluated on."""
+    work = tmp_path_factory.mktemp("trained")
+    cfg = RunConfig(model=str(tiny_gpt2), train_size=64, eval_size=32, batch_size=8, learning_rate=1e-3,
+                    output_dir=str(work / "adapter"), checkpoint_dir=str(work / "runs"))
+    data = subsample(load_rotten_tomatoes(rt_dir), cfg.train_size, cfg.eval_size, cfg.seed)
+    model, tokenizer = load_model(cfg.model, ["neg", "pos"], cfg.seed, device="cpu")
+    encoded = tokenize(data, tokenizer, cfg.max_length)
+    peft_model = create_lora_model(model, cfg)
+    train(peft_model, tokenizer, encoded, cfg)
+    metadata = base_model_metadata(peft_model, cfg.model, ["neg", "pos"])
+    return peft_model, tokenizer, encoded["test"], metadata, work
+
+
+def _save(trained, folder, **kwargs):
+    model, tokenizer, _, metadata, _ = trained
+    return save_adapter(model, tokenizer, folder, metadata, **kwargs)
+
+
+def test_saved_files_and_metadata(trained, tmp_path):
+    folder = _save(trained, tmp_path / "a")
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", METADATA_FILE, "tokenizer_config.json"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    assert meta["architecture"] == "GPT2ForSequenceClassification" and meta["vocab_size"] == 50257
+    assert meta["label_names"] == ["neg", "pos"] and "torch" in meta["versions"]
+    assert not list(tmp_path.glob(".a.*"))  # no temporary folder left behind
+
+
+def test_reload_in_a_fresh_process_gives_identical_logits(trained, tmp_path):
+    model, tokenizer, test, _, _ = trained
+    folder = _save(trained, tmp_path / "adapter")
+    expected = predict_logits(model, tokenizer, test, batch_size=8)
+    test.save_to_disk(str(tmp_path / "test"))
+    script = f"""
+import numpy as np
+from datasets import load_from_disk
+from peft_helpers.persistence import load_adapter
+from peft_helpers.training import predict_logits
+model, tokenizer, _ = load_adapter({str(folder)!r}, device="cpu")
+np.save({str(tmp_path / "reloaded.npy")!r}, predict_logits(model, tokenizer, load_from_disk({str(tmp_path / "test")!r}), 5))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+    reloaded = np.load(tmp_path / "reloaded.npy")
+    assert reloaded.shape == (32, 2)
+    np.testing.assert_allclose(reloaded, expected, atol=1e-5, rtol=0)
+    assert np.abs(expected).max() > 0  # the comparison is not trivially zero
+
+
+def test_existing_adapter_is_never_overwritten_unless_asked(trained, tmp_path):
+    folder = _save(trained, tmp_path / "adapter")
+    before = (folder / "adapter_model.safetensors").read_bytes()
+    (folder / "marker.txt").write_text("old")
+    with pytest.raises(UserError, match="already holds an adapter: pass --overwrite"):
+        _save(trained, folder)
+    assert (folder / "marker.txt").read_text() == "old"
+    _save(trained, folder, overwrite=True)
+    assert not (folder / "marker.txt").exists()  # replaced as a whole, not merged
+    assert (folder / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_failed_write_keeps_the_previous_adapter(trained, tmp_path, monkeypatch):
+    model, tokenizer, _, _, _ = trained
+    folder = _save(trained, tmp_path / "adapter")
+    (folder / "marker.txt").write_text("old")
+    snapshot = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _save(trained, folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == snapshot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # the temporary folder is gone
+
+
+def test_mismatched_base_or_labels_are_refused(trained, tmp_path):
+    folder = _save(trained, tmp_path / "adapter")
+    with pytest.raises(UserError, match=r"trained for labels \['neg', 'pos'\], not \['bad', 'good'\]"):
+        load_adapter(folder, label_names=["bad", "good"])
+    wider = make_tiny_gpt2(tmp_path / "wider-gpt2", n_embd=48)
+    with pytest.raises(UserError, match="does not fit"):
+        load_adapter(folder, base_model=str(wider))
+    bert = make_tiny_bert(tmp_path / "bert")
+    with pytest.raises(UserError, match="was trained on .*GPT2ForSequenceClassification.*BertForSequenceClassification"):
+        load_adapter(folder, base_model=str(bert))
+
+
+def test_only_safetensors_adapters_with_metadata_are_loaded(trained, tmp_path):
+    folder = _save(trained, tmp_path / "adapter")
+    (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    with pytest.raises(UserError, match="only safetensors adapters are loaded"):
+        load_adapter(folder)
+    (folder / "adapter_model.bin").rename(folder / "adapter_model.safetensors")
+    (folder / METADATA_FILE).unlink()
+    with pytest.raises(UserError, match="AutoPeftModelForSequenceClassification"):
+        load_adapter(folder)
+    with pytest.raises(UserError, match="does not exist"):
+        load_adapter(tmp_path / "missing")
