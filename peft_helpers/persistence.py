@@ -122,7 +122,12 @@ def load_adapter(
     if label_names is not None and list(label_names) != list(saved_labels):
         raise UserError(f"the adapter was trained for labels {saved_labels}, not {list(label_names)}.")
     base_name = base_model or metadata["base_model"]
-    model, _ = load_model(base_name, saved_labels, seed=0, device=device)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the "head newly initialised" report: the adapter replaces it
+    try:
+        model, _ = load_model(base_name, saved_labels, seed=0, device=device)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))  # the tokenizer saved with the adapter
     tokenizer.padding_side = "right"
     ensure_pad_token(tokenizer, model)

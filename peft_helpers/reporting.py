@@ -93,3 +93,16 @@ def file_sizes(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(
         {"file": [str(f.relative_to(path)) for f in files], "KiB": [round(f.stat().st_size / 1024, 1) for f in files]}
     )
+
+
+def parameter_bytes(model) -> int:
+    """In-memory size of all parameters (what a full fine-tune would have to save)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def prediction_table(before, after) -> pd.DataFrame:
+    """The same texts classified by two models (inference.Predictions), side by side."""
+    rows = []
+    for text, label_a, probs_a, label_b, probs_b in zip(before.texts, before.labels, before.probabilities, after.labels, after.probabilities):
+        rows.append({"text": text, "before": f"{label_a} ({probs_a.max():.2f})", "after": f"{label_b} ({probs_b.max():.2f})"})
+    return pd.DataFrame(rows)

@@ -32,3 +32,11 @@ def test_defaults_and_derived_folders():
 def test_invalid_values_fail_before_anything_loads(kwargs, message):
     with pytest.raises(UserError, match=message):
         RunConfig(**kwargs)
+
+
+def test_auto_sizes_use_a_cpu_subset_only_without_gpu():
+    from peft_helpers.config import CPU_EVAL_SIZE, CPU_TRAIN_SIZE, auto_sizes
+
+    assert auto_sizes("auto", "auto", has_gpu=True) == (None, None)
+    assert auto_sizes("auto", "auto", has_gpu=False) == (CPU_TRAIN_SIZE, CPU_EVAL_SIZE)
+    assert auto_sizes(100, None, has_gpu=False) == (100, None)  # explicit choices are kept

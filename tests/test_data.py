@@ -2,6 +2,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from peft_helpers.data import (
+    label_balance,
     load_data,
     load_rotten_tomatoes,
     load_text_classification,
@@ -135,3 +136,9 @@ def test_tokenize_truncates_without_padding(rt):
     assert out["train"]["length"] == lengths
     assert "text" not in out["train"].column_names
     assert tokenizer("Hello world")["input_ids"] == [15496, 995]
+
+
+def test_label_balance(rt):
+    table = label_balance(rt)
+    assert table.loc["pos", "train"] == 4265 and table.loc["neg", "test"] == 533
+    assert list(table.columns) == ["train", "validation", "test"]

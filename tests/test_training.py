@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
+from peft_helpers.errors import UserError
+from peft_helpers.inference import predict
+from peft_helpers.modeling import load_model
+from peft_helpers.reporting import comparison_table, format_comparison, prediction_table, training_curves
+from peft_helpers.training import evaluate, predict_logits
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_gpt2, rt_dir):
+    model, tokenizer = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
+    data = tokenize(subsample(load_rotten_tomatoes(rt_dir), 40, 30, seed=0), tokenizer, 64)
+    return model.eval(), tokenizer, data
+
+
+def test_length_sorted_prediction_returns_rows_in_original_order(setup):
+    model, tokenizer, data = setup
+    test = data["test"]
+    assert sorted(test["length"]) != test["length"]  # the split is not already sorted
+    batched = predict_logits(model, tokenizer, test, batch_size=7)
+    with torch.no_grad():
+        one_by_one = np.concatenate(
+            [model(input_ids=torch.tensor([row["input_ids"]])).logits.numpy() for row in test]
+        )
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
+
+
+def test_evaluate_reports_metrics_of_its_predictions(setup):
+    model, tokenizer, data = setup
+    result = evaluate(model, tokenizer, data["test"], batch_size=8)
+    assert result.labels.tolist() == data["test"]["label"]
+    assert result.metrics["accuracy"] == pytest.approx(np.mean(result.predictions == result.labels))
+    assert np.array(result.metrics["confusion_matrix"]).sum() == 30
+    assert result.samples_per_second > 0
+
+
+def test_predict_gives_label_names_and_probabilities(setup):
+    model, tokenizer, _ = setup
+    out = predict(model, tokenizer, ["what a great film", "boring", "x " * 600])  # the last one is truncated
+    assert out.probabilities.shape == (3, 2)
+    np.testing.assert_allclose(out.probabilities.sum(1), 1, atol=1e-6)
+    assert set(out.labels) <= {"neg", "pos"} and out.label_names == ["neg", "pos"]
+    assert out.labels == [out.label_names[i] for i in out.probabilities.argmax(1)]
+    assert set(out.records()[0]) == {"text", "label", "p(neg)", "p(pos)"}
+    with pytest.raises(UserError, match="text 1 is empty"):
+        predict(model, tokenizer, ["fine", "  "])
+    table = prediction_table(out, out)
+    assert list(table.columns) == ["text", "before", "after"] and len(table) == 3
+
+
+def test_comparison_table_and_curves():
+    base = {"accuracy": 0.5, "precision": 0.4, "recall": 0.5, "f1": 0.45}
+    tuned = {"accuracy": 0.8, "precision": 0.81, "recall": 0.8, "f1": 0.79}
+    table = comparison_table(base, tuned)
+    assert table.loc["accuracy", "change (points)"] == pytest.approx(30)
+    assert "+34.0p" in format_comparison(base, tuned)
+    history = [{"loss": 0.7, "step": 1}, {"loss": 0.6, "step": 2}, {"eval_loss": 0.5, "eval_accuracy": 0.7, "epoch": 1.0}]
+    train, evals = training_curves(history)
+    assert train["loss"].tolist() == [0.7, 0.6] and evals["eval_accuracy"].tolist() == [0.7]
