@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from .config import RunConfig
 from .errors import UserError
@@ -36,6 +36,37 @@ def mixed_precision() -> dict:
     if default_device() != "cuda":
         return {}
     return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches (little padding) in an order that depends only on (seed, epoch).
+
+    The stock sampler draws from the global RNG, so a run resumed mid-epoch replays a different order than the
+    uninterrupted run would have; this one makes resumed and uninterrupted runs identical.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Trainer at the start of every epoch
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class LengthGroupedTrainer(Trainer):
+    """Trainer whose training batches come from SeededLengthGroupedSampler."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        column = self.args.length_column_name
+        # Trainer has already dropped columns the model does not take (such as `length`) at this point.
+        lengths = dataset[column] if column in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
+        return SeededLengthGroupedSampler(batch, list(lengths), self.args.data_seed)
 
 
 class _SaveEachEpoch(TrainerCallback):
@@ -83,8 +114,13 @@ class TrainResult:
 
 
 def checkpoints(folder: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Trainer writes trainer_state.json last, so a checkpoint without it
+    was cut off mid-save (e.g. the process was killed) and cannot be resumed from."""
     folder = Path(folder)
-    return sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[-1]))
 
 
 def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume: bool = False, fresh: bool = False) -> TrainResult:
@@ -100,12 +136,14 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume: bool = Fa
             f"{cfg.checkpoint_dir} holds checkpoints of an interrupted run ({found[-1].name}): pass --resume to "
             "continue it, or --overwrite to start again (this deletes them)."
         )
-    if found and fresh:
+    if fresh and Path(cfg.checkpoint_dir).exists():
         shutil.rmtree(cfg.checkpoint_dir)
     if resume and not found:
         print(f"No checkpoint in {cfg.checkpoint_dir}: starting from the beginning.")
-    last = str(get_last_checkpoint(cfg.checkpoint_dir)) if resume and found else None
-    trainer = Trainer(
+    last = str(found[-1]) if resume and found else None
+    if last:
+        print(f"Resuming from {last}")
+    trainer = LengthGroupedTrainer(
         model=model,
         args=training_arguments(cfg),
         train_dataset=data["train"],
