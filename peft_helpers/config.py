@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
@@ -32,8 +32,12 @@ class RunConfig:
     eval_size: int | None = field(
         default=None, metadata={"help": "None = the full validation/test splits; otherwise stratified subsets."}
     )
-    epochs: float = field(default=1.0, metadata={"help": "Training epochs (at least one for the full workflow)."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (LoRA tolerates larger ones)."})
+    epochs: float | None = field(
+        default=None, metadata={"help": "Training epochs; None = tuned for the architecture (1 for GPT-2)."}
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate; None = tuned for the architecture (5e-4 for GPT-2)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Per-device batch size for training and evaluation."})
     max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
     warmup: float = field(default=0.06, metadata={"help": "Linear warm-up, as a ratio of all steps."})
@@ -45,11 +49,14 @@ class RunConfig:
         default=None, metadata={"help": "Training checkpoints (for --resume); None = runs/<output_dir's name>."}
     )
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every this many steps, and at each epoch end."})
-    r: int = field(default=8, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=16, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    r: int | None = field(default=None, metadata={"help": "LoRA rank; None = tuned for the architecture (8 for GPT-2)."})
+    alpha: int | None = field(
+        default=None, metadata={"help": "LoRA alpha (the update is scaled by alpha / r); None = tuned (2 * r)."}
+    )
     dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
     target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules that get LoRA; None = peft's default for the architecture."}
+        default=None,
+        metadata={"help": "Modules that get LoRA; None = tuned for the architecture (peft's default otherwise)."},
     )
 
     def __post_init__(self) -> None:
@@ -68,14 +75,14 @@ class RunConfig:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise UserError(f"{name}={value!r}: use a positive whole number, or None for the full split.")
         checks = [
-            ("epochs", self.epochs > 0, "a positive number"),
-            ("learning_rate", 0 < self.learning_rate < 1, "a number between 0 and 1, e.g. 5e-4"),
+            ("epochs", self.epochs is None or self.epochs > 0, "a positive number"),
+            ("learning_rate", self.learning_rate is None or 0 < self.learning_rate < 1, "a number between 0 and 1, e.g. 5e-4"),
             ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "a whole number >= 1"),
             ("max_length", isinstance(self.max_length, int) and self.max_length >= 2, "a whole number >= 2"),
             ("warmup", 0 <= self.warmup < 1, "a ratio in [0, 1)"),
             ("save_steps", isinstance(self.save_steps, int) and self.save_steps >= 1, "a whole number >= 1"),
-            ("r", isinstance(self.r, int) and self.r >= 1, "a whole number >= 1"),
-            ("alpha", self.alpha > 0, "a positive number"),
+            ("r", self.r is None or (isinstance(self.r, int) and self.r >= 1), "a whole number >= 1"),
+            ("alpha", self.alpha is None or self.alpha > 0, "a positive number"),
             ("dropout", 0 <= self.dropout < 1, "a value in [0, 1)"),
         ]
         for name, ok, valid in checks:
@@ -90,6 +97,26 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved(self, model_type: str) -> "RunConfig":
+        """A copy where every setting left at None takes the value tuned for this architecture family."""
+        tuned = {**FAMILY_DEFAULTS["default"], **FAMILY_DEFAULTS.get(model_type, {})}
+        if self.r is not None and self.alpha is None:
+            tuned["alpha"] = 2 * self.r  # keep the scale alpha / r = 2 when only r is given
+        return replace(self, **{k: v for k, v in tuned.items() if getattr(self, k) is None})
+
+    def is_resolved(self) -> bool:
+        return all(getattr(self, k) is not None for k in FAMILY_DEFAULTS["default"] if k != "target_modules")
+
+
+# LoRA and training settings per architecture family (`config.model_type`), tuned on Rotten Tomatoes with the
+# offline models (BENCHMARKS.md: MiniLM for "bert", SmolLM2 for "llama"). GPT-2's weights are not reachable from
+# the machines that tuned these, so "gpt2" keeps the common LoRA starting point. target_modules None = peft's
+# per-architecture default (GPT-2: c_attn; BERT: query, value; Llama: q_proj, v_proj).
+FAMILY_DEFAULTS: dict[str, dict] = {
+    "default": {"epochs": 1.0, "learning_rate": 5e-4, "r": 8, "alpha": 16, "target_modules": None},
+    "bert": {"epochs": 3.0, "learning_rate": 1e-3},
+}
 
 
 # Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 trains at roughly 15-20

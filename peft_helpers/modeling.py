@@ -146,6 +146,7 @@ def default_target_modules(model: PreTrainedModel) -> list[str]:
 
 def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
     """LoRA settings for `model`: per-architecture targets, Conv1D layout for GPT-2, a trained and saved head."""
+    cfg = cfg.resolved(model.config.model_type)
     targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(model)
     matched = [
         module for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)

@@ -78,6 +78,8 @@ class _SaveEachEpoch(TrainerCallback):
 
 
 def training_arguments(cfg: RunConfig) -> TrainingArguments:
+    if not cfg.is_resolved():
+        raise ValueError("training_arguments needs a resolved config: cfg.resolved(model.config.model_type)")
     return TrainingArguments(
         output_dir=cfg.checkpoint_dir,
         num_train_epochs=cfg.epochs,
@@ -130,6 +132,7 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume: bool = Fa
     continues from the last one and `fresh=True` deletes them; with neither, nothing is touched and the
     user is asked to choose, so an interrupted run is never thrown away by accident.
     """
+    cfg = cfg.resolved(model.config.model_type)
     found = checkpoints(cfg.checkpoint_dir)
     if found and not resume and not fresh:
         raise UserError(

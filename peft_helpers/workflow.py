@@ -71,6 +71,9 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
     names = label_names(data)
     print(f"Data: {dataset_name(cfg)}: " + ", ".join(f"{s} {len(d):,}" for s, d in data.items()) + f"; labels {names}")
     model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length)
+    cfg = cfg.resolved(model.config.model_type)  # tuned defaults for this architecture family
+    print(f"Settings: epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}, r={cfg.r}, alpha={cfg.alpha}, "
+          f"target_modules={cfg.target_modules or 'default'}")
     encoded = tokenize(data, tokenizer, cfg.max_length)
 
     baseline = evaluate(model, tokenizer, encoded["test"], cfg.batch_size, desc="Evaluating pretrained")

@@ -6,7 +6,10 @@ from peft_helpers.errors import UserError
 
 def test_defaults_and_derived_folders():
     cfg = RunConfig()
-    assert (cfg.model, cfg.data_dir, cfg.epochs) == ("gpt2", None, 1.0)
+    assert (cfg.model, cfg.data_dir, cfg.epochs) == ("gpt2", None, None)
+    gpt2 = cfg.resolved("gpt2")
+    assert (gpt2.epochs, gpt2.learning_rate, gpt2.r, gpt2.alpha, gpt2.target_modules) == (1.0, 5e-4, 8, 16, None)
+    assert RunConfig(r=4).resolved("gpt2").alpha == 8 and RunConfig(epochs=2).resolved("bert").epochs == 2
     assert cfg.output_dir == "saved_adapters/gpt2-lora"
     assert cfg.checkpoint_dir == "runs/gpt2-lora"
     assert RunConfig(model="openai-community/gpt2").output_dir == "saved_adapters/gpt2-lora"

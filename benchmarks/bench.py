@@ -1,0 +1,281 @@
+"""Throughput, padding and memory of the peft_helpers pipeline, measured side by side in one run.
+
+    python benchmarks/bench.py --out BENCHMARKS.md      # what `make bench` runs (offline, about 10 minutes)
+
+Cases, each in its own process (clean peak-memory numbers), on the same model, data and seed:
+  pipeline  our Trainer set-up: dynamic padding, length-grouped batches; evaluation sorted by length
+  bare      a minimal PyTorch loop: the same model, LoRA, optimizer, schedule and the *same batches*
+  common    the usual notebook recipe: padding="max_length", shuffled batches, Trainer.evaluate on padded data
+The last lines printed are the headline ratios, `name=value`, one per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes"
+
+
+def _setup(args, padding: str | None = None):
+    """Model (with LoRA) and tokenized data, identical for every case."""
+    from peft_helpers.config import RunConfig
+    from peft_helpers.data import load_data, subsample, tokenize
+    from peft_helpers.modeling import create_lora_model, load_model
+
+    cfg = RunConfig(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
+                    batch_size=args.batch_size, max_length=args.max_length, output_dir="/tmp/bench-unused",
+                    checkpoint_dir=f"/tmp/bench-runs-{args.case}", save_steps=10**9, seed=0)
+    data = subsample(load_data(cfg.data_dir, seed=cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
+    model, tokenizer = load_model(cfg.model, ["neg", "pos"], cfg.seed, cfg.max_length, device="cpu")
+    encoded = tokenize(data, tokenizer, cfg.max_length)
+    if padding == "max_length":
+        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in encoded["train"].column_names]
+        encoded = encoded.map(
+            lambda b: dict(tokenizer.pad({c: b[c] for c in columns}, padding="max_length", max_length=cfg.max_length)),
+            batched=True,
+        )
+    return cfg, create_lora_model(model, cfg), tokenizer, encoded
+
+
+def _token_counter(model):
+    """Counts real and processed (padded) tokens of every forward pass."""
+    counts = {"train_real": 0, "train_total": 0, "eval_real": 0, "eval_total": 0}
+
+    def hook(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            prefix = "train" if module.training else "eval"
+            counts[f"{prefix}_real"] += int(mask.sum())
+            counts[f"{prefix}_total"] += mask.numel()
+
+    model.get_base_model().register_forward_pre_hook(hook, with_kwargs=True)
+    return counts
+
+
+def case_pipeline(args) -> dict:
+    from peft_helpers.training import evaluate, train
+
+    cfg, model, tokenizer, data = _setup(args)
+    counts = _token_counter(model)
+    trained = train(model, tokenizer, data, cfg, fresh=True)
+    train_counts = dict(counts)
+    result = evaluate(model, tokenizer, data["test"], cfg.batch_size)
+    validation = sum(r.get("eval_runtime", 0) for r in trained.log_history)
+    return {
+        "train_seconds": trained.seconds - validation, "train_examples": len(data["train"]) * cfg.epochs,
+        "train_real_tokens": train_counts["train_real"], "train_total_tokens": train_counts["train_total"],
+        "eval_seconds": result.seconds, "eval_examples": len(data["test"]),
+        "eval_real_tokens": counts["eval_real"] - train_counts["eval_real"],
+        "eval_total_tokens": counts["eval_total"] - train_counts["eval_total"],
+        "accuracy": result.metrics["accuracy"],
+        "in_training_validation_seconds": validation,
+    }
+
+
+def case_bare(args) -> dict:
+    """The same forward/backward on the same batches, with nothing around it: the practical limit."""
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+    from peft_helpers.training import SeededLengthGroupedSampler
+
+    cfg, model, tokenizer, data = _setup(args)
+    collator = DataCollatorWithPadding(tokenizer)
+    train_rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
+    sampler = SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed)
+    order = list(sampler)
+    batches = [collator([train_rows[i] for i in order[s : s + cfg.batch_size]]) for s in range(0, len(order), cfg.batch_size)]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and "bias" not in n and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and ("bias" in n or "LayerNorm" in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.learning_rate)
+    steps = len(batches)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(np.ceil(cfg.warmup * steps)), steps)
+    model.train()
+    start = time.perf_counter()
+    for batch in batches:
+        batch = {("labels" if k == "label" else k): v for k, v in batch.items()}
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    train_seconds = time.perf_counter() - start
+
+    model.eval()
+    test = data["test"]
+    lengths = np.array(test["length"])
+    order = np.argsort(-lengths, kind="stable")
+    rows = test.select_columns(["input_ids", "attention_mask"])
+    eval_batches = [collator([rows[int(i)] for i in order[s : s + cfg.batch_size]]) for s in range(0, len(order), cfg.batch_size)]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        logits = torch.cat([model(**b).logits for b in eval_batches])
+    eval_seconds = time.perf_counter() - start
+    predictions = np.empty(len(order), dtype=int)
+    predictions[order] = logits.argmax(-1).numpy()
+    return {"train_seconds": train_seconds, "train_examples": len(order), "eval_seconds": eval_seconds,
+            "eval_examples": len(test), "accuracy": float((predictions == np.array(test["label"])).mean())}
+
+
+def case_common(args) -> dict:
+    """padding="max_length" at map time, shuffled batches, Trainer.evaluate: what most notebooks do."""
+    from transformers import Trainer, TrainingArguments
+
+    from peft_helpers.metrics import compute_metrics
+
+    cfg, model, tokenizer, data = _setup(args, padding="max_length")
+    counts = _token_counter(model)
+    targs = TrainingArguments(output_dir=cfg.checkpoint_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                              warmup_steps=cfg.warmup, weight_decay=0.01, per_device_train_batch_size=cfg.batch_size,
+                              per_device_eval_batch_size=cfg.batch_size, save_strategy="no", eval_strategy="no",
+                              report_to="none", use_cpu=True, seed=cfg.seed, disable_tqdm=True)
+    data = data.remove_columns("length")
+    trainer = Trainer(model=model, args=targs, train_dataset=data["train"], eval_dataset=data["test"],
+                      compute_metrics=compute_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    train_counts = dict(counts)
+    start = time.perf_counter()
+    metrics = trainer.evaluate()
+    eval_seconds = time.perf_counter() - start
+    return {"train_seconds": train_seconds, "train_examples": len(data["train"]) * cfg.epochs,
+            "train_real_tokens": train_counts["train_real"], "train_total_tokens": train_counts["train_total"],
+            "eval_seconds": eval_seconds, "eval_examples": len(data["test"]),
+            "eval_real_tokens": counts["eval_real"], "eval_total_tokens": counts["eval_total"],
+            "accuracy": metrics["eval_accuracy"]}
+
+
+CASES = {"pipeline": case_pipeline, "bare": case_bare, "common": case_common}
+
+
+def run_case(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    result = CASES[args.case](args)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def hardware() -> str:
+    import os
+
+    import torch
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}){gpu}"
+
+
+def report(args, results: dict, command: str) -> str:
+    p, b, c = results["pipeline"], results["bare"], results["common"]
+    rate = lambda r, k: r[f"{k}_examples"] / r[f"{k}_seconds"]
+    tokens = lambda r, k: r.get(f"{k}_real_tokens", p[f"{k}_real_tokens"]) / r[f"{k}_seconds"]
+    lines = [
+        "## Throughput benchmark", "",
+        f"Command: `{command}`  ",
+        f"Hardware: {hardware()}; {args.threads} torch threads  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "  ",
+        f"Model `{args.model}` + LoRA (defaults), Rotten Tomatoes train subset {p['train_examples']:,}, "
+        f"test {p['eval_examples']:,}, batch size {args.batch_size}, max_length {args.max_length}, one epoch, CPU fp32.", "",
+        "| case | train examples/s | train real tokens/s | eval examples/s | eval real tokens/s | train padding efficiency | eval padding efficiency | accuracy | peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in (("pipeline (ours)", p), ("bare PyTorch loop, same batches", b), ("common recipe (max_length padding)", c)):
+        tr_eff = f"{r['train_real_tokens'] / r['train_total_tokens']:.3f}" if "train_total_tokens" in r else "same batches"
+        ev_eff = f"{r['eval_real_tokens'] / r['eval_total_tokens']:.3f}" if "eval_total_tokens" in r else "same batches"
+        lines.append(f"| {name} | {rate(r, 'train'):.1f} | {tokens(r, 'train'):,.0f} | {rate(r, 'eval'):.1f} | "
+                     f"{tokens(r, 'eval'):,.0f} | {tr_eff} | {ev_eff} | {r['accuracy']:.4f} | {r['peak_rss_mib']:.0f} |")
+    headline = {
+        "pipeline_vs_bare_train": rate(p, "train") / rate(b, "train"),
+        "pipeline_vs_bare_eval": rate(p, "eval") / rate(b, "eval"),
+        "common_over_pipeline_train_time": c["train_seconds"] / p["train_seconds"],
+        "common_over_pipeline_eval_time": c["eval_seconds"] / p["eval_seconds"],
+        "train_padding_efficiency": p["train_real_tokens"] / p["train_total_tokens"],
+        "eval_padding_efficiency": p["eval_real_tokens"] / p["eval_total_tokens"],
+        "pipeline_peak_rss_mib": p["peak_rss_mib"],
+    }
+    lines += ["", "Pipeline training time excludes the Trainer's per-epoch validation pass "
+              f"({p['in_training_validation_seconds']:.1f} s, besides {p['train_seconds']:.1f} s of training), which "
+              "the bare loop does not do; it includes everything else (logging, checkpointing, callbacks).", "",
+              "Headline ratios:", "", "```"] + [f"{k}={v:.3f}" for k, v in headline.items()] + ["```", ""]
+    return "\n".join(lines), headline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--train-size", type=int, default=2048)
+    parser.add_argument("--eval-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process and print its JSON")
+    parser.add_argument("--out", help="write the report here (replacing the section between the markers)")
+    args = parser.parse_args()
+    if args.threads is None:
+        import os
+
+        args.threads = os.cpu_count() or 1
+    if args.case:
+        print("BENCH_RESULT " + json.dumps(run_case(args)))
+        return
+    base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
+            str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+            "--threads", str(args.threads)] + (["--eval-size", str(args.eval_size)] if args.eval_size else [])
+    results = {}
+    for case in ("pipeline", "bare", "common"):
+        print(f"running {case} ...", flush=True)
+        proc = subprocess.run(base + ["--case", case], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            sys.exit(f"{case} failed:\n{proc.stderr[-4000:]}")
+        line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_RESULT "))
+        results[case] = json.loads(line.split(" ", 1)[1])
+    command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
+    text, headline = report(args, results, command)
+    if args.out:
+        write_section(Path(args.out), text)
+    print(text)
+    for key, value in headline.items():
+        print(f"{key}={value:.3f}")
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the benchmark section of BENCHMARKS.md, keeping everything else (the quality study)."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Full fine-tuning (every weight trained) with the same data, pipeline and budget as a LoRA run, for comparison.
+
+    python benchmarks/full_finetune.py --model minilm --epochs 3 --learning-rate 5e-5 --results full.json
+
+Uses the package's data, Trainer set-up and evaluation; only the LoRA wrapping is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser, set_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peft_helpers.config import RunConfig  # noqa: E402
+from peft_helpers.data import label_names, load_data, subsample, tokenize  # noqa: E402
+from peft_helpers.modeling import count_parameters, load_model  # noqa: E402
+from peft_helpers.training import device_summary, evaluate, remove_checkpoints, train  # noqa: E402
+
+
+def main() -> None:
+    (cfg,) = HfArgumentParser((RunConfig,)).parse_args_into_dataclasses(look_for_args_file=False)
+    set_seed(cfg.seed)
+    data = subsample(load_data(cfg.data_dir, seed=cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
+    model, tokenizer = load_model(cfg.model, label_names(data), cfg.seed, cfg.max_length)
+    encoded = tokenize(data, tokenizer, cfg.max_length)
+    params = count_parameters(model)
+    trained = train(model, tokenizer, encoded, cfg, fresh=True)
+    result = evaluate(model, tokenizer, encoded["test"], cfg.batch_size)
+    remove_checkpoints(cfg)
+    out = {"mode": "full", "model": cfg.model, "train_size": len(data["train"]), "eval_size": len(data["test"]),
+           "epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "accuracy": result.metrics["accuracy"],
+           "f1": result.metrics["f1"], "trainable_params": params.trainable, "total_params": params.total,
+           "train_seconds": round(trained.seconds, 1), "device": device_summary(),
+           "validation_accuracy_per_epoch": [r["eval_accuracy"] for r in trained.log_history if "eval_accuracy" in r]}
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
