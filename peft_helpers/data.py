@@ -99,6 +99,8 @@ def _load_file(path: Path) -> Dataset:
     try:
         return load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # datasets raises many types for malformed files
+        if "corresponds to no data" in str(err):
+            raise UserError(f"{path} holds no examples: add rows (a header alone is not enough).") from None
         raise UserError(f"could not read {path} as {builder}: {err}") from None
 
 

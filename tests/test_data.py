@@ -108,7 +108,12 @@ def test_empty_split_is_refused(tmp_path):
     (tmp_path / "train.csv").write_text("text,label\na,0\nb,1\n")
     (tmp_path / "validation.csv").write_text("text,label\na,0\n")
     (tmp_path / "test.csv").write_text("text,label\n")
-    with pytest.raises(UserError, match="test split is empty|could not read"):
+    with pytest.raises(UserError, match="test.csv holds no examples"):
+        load_data(tmp_path)
+    (tmp_path / "test.csv").write_text("text,label\nb,1\n")
+    assert len(load_data(tmp_path)["test"]) == 1
+    (tmp_path / "validation.csv").write_text("text,label\n")
+    with pytest.raises(UserError, match="validation.csv holds no examples"):
         load_data(tmp_path)
 
 
@@ -142,3 +147,16 @@ def test_label_balance(rt):
     table = label_balance(rt)
     assert table.loc["pos", "train"] == 4265 and table.loc["neg", "test"] == 533
     assert list(table.columns) == ["train", "validation", "test"]
+
+
+def test_check_dataset_refuses_empty_or_incomplete_data(rt):
+    from datasets import DatasetDict
+
+    from peft_helpers.data import check_dataset
+
+    with pytest.raises(UserError, match="test split is empty"):
+        check_dataset(DatasetDict({**rt, "test": rt["test"].select([])}))
+    with pytest.raises(UserError, match="no 'validation' split"):
+        check_dataset(DatasetDict({"train": rt["train"], "test": rt["test"]}))
+    with pytest.raises(UserError, match="no 'label' column"):
+        check_dataset(DatasetDict({k: v.remove_columns("label") for k, v in rt.items()}))
