@@ -97,3 +97,28 @@ def test_cli_refuses_to_overwrite_before_training(capsys, tiny_gpt2, rt_dir, in_
 def test_usage_and_unknown_command(capsys):
     assert main([]) == 2 and "usage" in capsys.readouterr().err
     assert main(["--help"]) == 0 and "commands" in capsys.readouterr().out
+
+
+def test_demo_settings_online_and_offline(rt_dir, monkeypatch):
+    from peft_helpers.demo import DEMO_OUTPUT_DIR, demo_config, hub_available
+    from peft_helpers.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_available() is False
+    online = demo_config(None, online=True)
+    assert (online.model, online.data_dir, online.train_size, online.output_dir) == ("gpt2", None, None, DEMO_OUTPUT_DIR)
+    offline = demo_config(str(rt_dir), online=False)
+    assert (offline.model, offline.data_dir, offline.eval_size) == ("minilm", str(rt_dir), None)
+    with pytest.raises(UserError, match="Hub is unreachable and no local data"):
+        demo_config(None, online=False)
+
+
+def test_predict_command(capsys, tiny_gpt2, rt_dir, tmp_path):
+    out = tmp_path / "adapter"
+    assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "16", "--eval-size", "8",
+                 "--batch-size", "8", "--output-dir", str(out), "--checkpoint-dir", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(out), "a fine film", "an awful film"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] in {"neg", "pos"} and "p(pos)=" in lines[0]
+    assert main(["predict", str(tmp_path / "nothing"), "text"]) == 2
