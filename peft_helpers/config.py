@@ -115,7 +115,7 @@ class RunConfig:
 # per-architecture default (GPT-2: c_attn; BERT: query, value; Llama: q_proj, v_proj).
 FAMILY_DEFAULTS: dict[str, dict] = {
     "default": {"epochs": 1.0, "learning_rate": 5e-4, "r": 8, "alpha": 16, "target_modules": None},
-    "bert": {"epochs": 3.0, "learning_rate": 1e-3},
+    "bert": {"epochs": 3.0, "learning_rate": 1e-3, "r": 16, "alpha": 32},
 }
 
 
