@@ -23,9 +23,12 @@ from peft_helpers.training import device_summary, evaluate, remove_checkpoints, 
 
 def main() -> None:
     (cfg,) = HfArgumentParser((RunConfig,)).parse_args_into_dataclasses(look_for_args_file=False)
+    if cfg.learning_rate is None:
+        cfg.learning_rate = 5e-5  # full fine-tuning needs a far smaller rate than LoRA's tuned one
     set_seed(cfg.seed)
     data = subsample(load_data(cfg.data_dir, seed=cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
     model, tokenizer = load_model(cfg.model, label_names(data), cfg.seed, cfg.max_length)
+    cfg = cfg.resolved(model.config.model_type)  # epochs etc.; the LoRA settings are unused here
     encoded = tokenize(data, tokenizer, cfg.max_length)
     params = count_parameters(model)
     trained = train(model, tokenizer, encoded, cfg, fresh=True)
