@@ -119,8 +119,9 @@ FAMILY_DEFAULTS: dict[str, dict] = {
 }
 
 
-# Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 trains at roughly 15-20
-# examples/s on two CPU cores, so the full 8,530 would take over ten minutes per epoch.
+# Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 with LoRA trains at about 15
+# examples/s on two CPU cores (benchmarks/gpt2_cpu_speed.py), so the full 8,530 take about 9.5 minutes per epoch
+# and 2,000 about 2 minutes.
 CPU_TRAIN_SIZE = 2000
 CPU_EVAL_SIZE = 500
 
