@@ -116,6 +116,10 @@ class RunConfig:
 FAMILY_DEFAULTS: dict[str, dict] = {
     "default": {"epochs": 1.0, "learning_rate": 5e-4, "r": 8, "alpha": 16, "target_modules": None},
     "bert": {"epochs": 3.0, "learning_rate": 1e-3, "r": 16, "alpha": 32},
+    "llama": {
+        "learning_rate": 2e-4,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    },
 }
 
 

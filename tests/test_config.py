@@ -43,3 +43,13 @@ def test_auto_sizes_use_a_cpu_subset_only_without_gpu():
     assert auto_sizes("auto", "auto", has_gpu=True) == (None, None)
     assert auto_sizes("auto", "auto", has_gpu=False) == (CPU_TRAIN_SIZE, CPU_EVAL_SIZE)
     assert auto_sizes(100, None, has_gpu=False) == (100, None)  # explicit choices are kept
+
+
+def test_family_defaults_fill_only_unset_settings():
+    llama = RunConfig().resolved("llama")
+    assert llama.learning_rate == 2e-4 and "down_proj" in llama.target_modules and llama.r == 8
+    bert = RunConfig(learning_rate=3e-4).resolved("bert")
+    assert (bert.learning_rate, bert.r, bert.alpha, bert.epochs) == (3e-4, 16, 32, 3.0)
+    assert RunConfig(target_modules=["q_proj"]).resolved("llama").target_modules == ["q_proj"]
+    unknown = RunConfig().resolved("some_new_architecture")
+    assert (unknown.epochs, unknown.r, unknown.target_modules) == (1.0, 8, None)

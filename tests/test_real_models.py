@@ -28,7 +28,8 @@ def test_smollm2_converts_and_trains_with_llama_targets(rt_dir, in_tmp):
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert tokenizer.pad_token is not None and model.config.pad_token_id == tokenizer.pad_token_id
     config = lora_config(model, RunConfig(model="smollm2"))
-    assert set(config.target_modules) == {"q_proj", "v_proj"} and not config.fan_in_fan_out
+    assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert not config.fan_in_fan_out
     assert config.modules_to_save == ["score"]
     cfg = RunConfig(model="smollm2", data_dir=str(rt_dir), train_size=96, eval_size=48, batch_size=8)
     results = run(cfg)
