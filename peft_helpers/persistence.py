@@ -43,6 +43,15 @@ def base_model_metadata(model, base_model: str, label_names: list[str]) -> dict:
     }
 
 
+def check_can_save(output_dir: str | Path, overwrite: bool) -> None:
+    """Refuse a target that holds something, unless overwriting was asked for; call it before training too."""
+    target = Path(output_dir)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} exists and is a file: choose another output_dir.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UserError(f"{target} already holds an adapter: pass --overwrite (overwrite=True) or choose another output_dir.")
+
+
 def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: dict, overwrite: bool = False) -> Path:
     """Write adapter weights (safetensors), the tokenizer and `metadata` to `output_dir`.
 
@@ -53,10 +62,7 @@ def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: 
     if not isinstance(model, PeftModel):
         raise UserError("save_adapter expects the PeftModel from create_lora_model (not the base model).")
     target = Path(output_dir)
-    if target.exists() and not target.is_dir():
-        raise UserError(f"{target} exists and is a file: choose another output_dir.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UserError(f"{target} already holds an adapter: pass --overwrite (overwrite=True) or choose another output_dir.")
+    check_can_save(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the adapter folder should not be

@@ -15,11 +15,10 @@ from transformers import set_seed
 
 from .config import RunConfig
 from .data import label_names, load_data, subsample, tokenize
-from .errors import UserError
 from .metrics import METRIC_NAMES
 from .modeling import count_parameters, create_lora_model, load_config, load_model
 from .offline import offline_model_name
-from .persistence import base_model_metadata, load_adapter, save_adapter, versions
+from .persistence import base_model_metadata, check_can_save, load_adapter, save_adapter, versions
 from .reporting import format_comparison
 from .training import device_summary, evaluate, remove_checkpoints, train
 
@@ -35,15 +34,6 @@ def portable_model_name(model: str) -> str:
     if offline_model_name(model) or not Path(model).expanduser().exists():
         return model
     return str(Path(model).expanduser().resolve())
-
-
-def check_output_dir(cfg: RunConfig, overwrite: bool) -> None:
-    """Fail before training, not after it, when the adapter could not be saved."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output_dir {out} is a file: choose a folder name.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already holds an adapter: pass --overwrite or choose another --output-dir.")
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
@@ -63,7 +53,7 @@ def _scores(metrics: dict) -> dict:
 
 def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_path: str | None = None) -> dict:
     """Run every step and return the results dict (also written to <output_dir>/results.json)."""
-    check_output_dir(cfg, overwrite or resume)
+    check_can_save(cfg.output_dir, overwrite or resume)  # fail before training, not after it
     load_config(cfg.model)  # a bad model name fails here, before data is read
     set_seed(cfg.seed)
     print(f"Device: {device_summary()}")
