@@ -43,6 +43,7 @@ def write_json(path: str | Path, payload: dict) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2, default=str)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be shared
     os.replace(tmp, path)
     return path
 
