@@ -28,16 +28,14 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes"
 def _setup(args, padding: str | None = None):
     """Model (with LoRA) and tokenized data, identical for every case."""
     from peft_helpers.config import RunConfig
-    from peft_helpers.data import load_data, subsample, tokenize
-    from peft_helpers.modeling import create_lora_model, load_model
+    from peft_helpers.modeling import create_lora_model
+    from peft_helpers.workflow import prepare
 
     cfg = RunConfig(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
                     batch_size=args.batch_size, max_length=args.max_length, output_dir="/tmp/bench-unused",
                     checkpoint_dir=f"/tmp/bench-runs-{args.case}", save_steps=10**9, seed=0, epochs=1)
-    data = subsample(load_data(cfg.data_dir, seed=cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
-    model, tokenizer = load_model(cfg.model, ["neg", "pos"], cfg.seed, cfg.max_length, device="cpu")
-    cfg = cfg.resolved(model.config.model_type)  # the tuned LoRA settings, one epoch
-    encoded = tokenize(data, tokenizer, cfg.max_length)
+    p = prepare(cfg, device="cpu")  # the tuned LoRA settings, one epoch
+    cfg, model, tokenizer, encoded = p.cfg, p.model, p.tokenizer, p.encoded
     if padding == "max_length":
         columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in encoded["train"].column_names]
         encoded = encoded.map(

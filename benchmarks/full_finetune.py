@@ -16,9 +16,9 @@ from transformers import HfArgumentParser, set_seed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_helpers.config import RunConfig  # noqa: E402
-from peft_helpers.data import label_names, load_data, subsample, tokenize  # noqa: E402
-from peft_helpers.modeling import count_parameters, load_model  # noqa: E402
+from peft_helpers.modeling import count_parameters  # noqa: E402
 from peft_helpers.training import device_summary, evaluate, remove_checkpoints, train  # noqa: E402
+from peft_helpers.workflow import prepare  # noqa: E402
 
 
 def main() -> None:
@@ -26,10 +26,8 @@ def main() -> None:
     if cfg.learning_rate is None:
         cfg.learning_rate = 5e-5  # full fine-tuning needs a far smaller rate than LoRA's tuned one
     set_seed(cfg.seed)
-    data = subsample(load_data(cfg.data_dir, seed=cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
-    model, tokenizer = load_model(cfg.model, label_names(data), cfg.seed, cfg.max_length)
-    cfg = cfg.resolved(model.config.model_type)  # epochs etc.; the LoRA settings are unused here
-    encoded = tokenize(data, tokenizer, cfg.max_length)
+    p = prepare(cfg)  # epochs etc. resolved; the LoRA settings are unused here
+    cfg, data, model, tokenizer, encoded = p.cfg, p.data, p.model, p.tokenizer, p.encoded
     params = count_parameters(model)
     trained = train(model, tokenizer, encoded, cfg, fresh=True)
     result = evaluate(model, tokenizer, encoded["test"], cfg.batch_size)

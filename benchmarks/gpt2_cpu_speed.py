@@ -31,9 +31,9 @@ def main() -> None:
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from peft_helpers.config import RunConfig
-    from peft_helpers.data import load_data, subsample, tokenize
-    from peft_helpers.modeling import count_parameters, create_lora_model, load_model
+    from peft_helpers.modeling import count_parameters, create_lora_model
     from peft_helpers.training import device_summary, evaluate, train
+    from peft_helpers.workflow import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
@@ -41,10 +41,8 @@ def main() -> None:
         AutoTokenizer.from_pretrained(args.tokenizer).save_pretrained(tmp)
         cfg = RunConfig(model=tmp, data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
                         output_dir=f"{tmp}/adapter", checkpoint_dir=f"{tmp}/runs", save_steps=10**9)
-        data = subsample(load_data(cfg.data_dir, seed=cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
-        model, tokenizer = load_model(cfg.model, ["neg", "pos"], cfg.seed, cfg.max_length)
-        cfg = cfg.resolved(model.config.model_type)
-        encoded = tokenize(data, tokenizer, cfg.max_length)
+        p = prepare(cfg)
+        cfg, model, tokenizer, encoded = p.cfg, p.model, p.tokenizer, p.encoded
         model = create_lora_model(model, cfg)
         trained = train(model, tokenizer, encoded, cfg)
         validation = sum(r.get("eval_runtime", 0) for r in trained.log_history)

@@ -89,7 +89,8 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         weight_decay=0.01,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
-        train_sampling_strategy="group_by_length",  # batches of similar length: little padding
+        # LengthGroupedTrainer replaces the training sampler; this setting still groups the per-epoch validation.
+        train_sampling_strategy="group_by_length",
         length_column_name="length",
         eval_strategy="epoch",
         save_strategy="steps",

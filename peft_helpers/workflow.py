@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from transformers import set_seed
+from datasets import DatasetDict
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .config import RunConfig
 from .data import label_names, load_data, subsample, tokenize
-from .metrics import METRIC_NAMES
 from .modeling import count_parameters, create_lora_model, load_config, load_model
 from .offline import offline_model_name
 from .persistence import base_model_metadata, check_can_save, load_adapter, save_adapter, versions
@@ -48,8 +49,25 @@ def write_json(path: str | Path, payload: dict) -> Path:
     return path
 
 
-def _scores(metrics: dict) -> dict:
-    return {k: metrics[k] for k in (*METRIC_NAMES, "confusion_matrix")}
+@dataclass
+class Prepared:
+    """Everything a run starts from."""
+
+    cfg: RunConfig  # with the architecture's tuned defaults filled in
+    data: DatasetDict  # text and labels, subset as configured
+    encoded: DatasetDict  # the same rows, tokenized
+    model: PreTrainedModel  # pretrained body with a new, seeded classification head
+    tokenizer: PreTrainedTokenizerBase
+    label_names: list[str]
+
+
+def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
+    """Load and subset the data, load the model for its labels, resolve the tuned settings, tokenize."""
+    data = subsample(load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
+    names = label_names(data)
+    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device)
+    cfg = cfg.resolved(model.config.model_type)
+    return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length), model, tokenizer, names)
 
 
 def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_path: str | None = None) -> dict:
@@ -58,14 +76,11 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
     load_config(cfg.model)  # a bad model name fails here, before data is read
     set_seed(cfg.seed)
     print(f"Device: {device_summary()}")
-    data = subsample(load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
-    names = label_names(data)
+    p = prepare(cfg)
+    cfg, data, encoded, model, tokenizer, names = p.cfg, p.data, p.encoded, p.model, p.tokenizer, p.label_names
     print(f"Data: {dataset_name(cfg)}: " + ", ".join(f"{s} {len(d):,}" for s, d in data.items()) + f"; labels {names}")
-    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length)
-    cfg = cfg.resolved(model.config.model_type)  # tuned defaults for this architecture family
     print(f"Settings: epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}, r={cfg.r}, alpha={cfg.alpha}, "
           f"target_modules={cfg.target_modules or 'default'}")
-    encoded = tokenize(data, tokenizer, cfg.max_length)
 
     baseline = evaluate(model, tokenizer, encoded["test"], cfg.batch_size, desc="Evaluating pretrained")
     print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
@@ -79,7 +94,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
     metadata = {
         **base_model_metadata(peft_model, portable_model_name(cfg.model), names),
         "config": cfg.to_dict(),
-        "metrics": {"baseline": _scores(baseline.metrics), "finetuned": _scores(in_memory.metrics)},
+        "metrics": {"baseline": baseline.metrics, "finetuned": in_memory.metrics},
     }
     adapter_dir = save_adapter(peft_model, tokenizer, cfg.output_dir, metadata, overwrite=overwrite or resume)
     remove_checkpoints(cfg)
@@ -98,8 +113,8 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         "train_size": len(data["train"]),
         "eval_size": len(data["test"]),
         "label_names": names,
-        "baseline": _scores(baseline.metrics),
-        "finetuned": _scores(finetuned.metrics),
+        "baseline": baseline.metrics,
+        "finetuned": finetuned.metrics,
         "trainable_params": params.trainable,
         "total_params": params.total,
         "train_seconds": round(trained.seconds, 2),
