@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peft_helpers.config import RunConfig  # noqa: E402
 from peft_helpers.modeling import count_parameters  # noqa: E402
 from peft_helpers.training import device_summary, evaluate, remove_checkpoints, train  # noqa: E402
-from peft_helpers.workflow import prepare  # noqa: E402
+from peft_helpers.workflow import learning_curve, prepare  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
            "epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "accuracy": result.metrics["accuracy"],
            "f1": result.metrics["f1"], "trainable_params": params.trainable, "total_params": params.total,
            "train_seconds": round(trained.seconds, 1), "device": device_summary(),
-           "validation_accuracy_per_epoch": [r["eval_accuracy"] for r in trained.log_history if "eval_accuracy" in r]}
+           "learning_curve": learning_curve(trained.log_history)}
     print("RESULT " + json.dumps(out))
 
 

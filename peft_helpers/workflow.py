@@ -49,6 +49,12 @@ def write_json(path: str | Path, payload: dict) -> Path:
     return path
 
 
+def learning_curve(log_history: list[dict]) -> list[dict]:
+    """The Trainer's log, kept to what a learning curve needs: training loss and validation metrics by step."""
+    keep = ("step", "epoch", "loss", "learning_rate", "eval_loss", "eval_accuracy", "eval_f1")
+    return [{k: r[k] for k in keep if k in r} for r in log_history if "loss" in r or "eval_accuracy" in r]
+
+
 @dataclass
 class Prepared:
     """Everything a run starts from."""
@@ -126,6 +132,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         "seed": cfg.seed,
         "versions": versions(),
         "config": cfg.to_dict(),
+        "learning_curve": learning_curve(trained.log_history),
     }
     write_json(Path(adapter_dir) / RESULTS_FILE, results)
     if results_path:
