@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peft_helpers.config import RunConfig  # noqa: E402
 from peft_helpers.modeling import count_parameters  # noqa: E402
 from peft_helpers.training import device_summary, evaluate, remove_checkpoints, train  # noqa: E402
-from peft_helpers.workflow import learning_curve, prepare  # noqa: E402
+from peft_helpers.reporting import learning_curve  # noqa: E402
+from peft_helpers.workflow import prepare  # noqa: E402
 
 
 def main() -> None:

@@ -67,20 +67,36 @@ def training_curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame
     return train, evals
 
 
-def plot_training(log_history: list[dict]):
-    """Training loss over steps and validation accuracy after each epoch."""
+def learning_curve(log_history: list[dict]) -> list[dict]:
+    """The Trainer's log cut to what a learning curve needs (loss, validation metrics, by step and epoch),
+    small enough to keep in results.json."""
+    keep = ("step", "epoch", "loss", "learning_rate", "eval_loss", "eval_accuracy", "eval_f1")
+    return [{k: r[k] for k in keep if k in r} for r in log_history if "loss" in r or "eval_loss" in r]
+
+
+def plot_learning_curves(runs: dict[str, list[dict]]):
+    """Training loss and validation accuracy against epochs, one line per run, so runs of different lengths
+    and batch counts line up."""
     import matplotlib.pyplot as plt
 
-    train, evals = training_curves(log_history)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
-    if not train.empty:
-        ax_loss.plot(train["step"], train["loss"], marker=".")
-    ax_loss.set(xlabel="step", ylabel="training loss", title="Training loss")
-    if not evals.empty:
-        ax_acc.plot(evals["epoch"], evals["eval_accuracy"], marker="o")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy", ylim=(0, 1))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, history in runs.items():
+        train, evals = training_curves(history)
+        if not train.empty:
+            ax_loss.plot(train["epoch"], train["loss"], marker=".", label=name or None)
+        if not evals.empty:
+            ax_acc.plot(evals["epoch"], evals["eval_accuracy"], marker="o", label=name or None)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    if any(runs):
+        ax_loss.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+def plot_training(log_history: list[dict]):
+    """The learning curve of one run (Trainer.state.log_history or results.json's learning_curve)."""
+    return plot_learning_curves({"": log_history})
 
 
 def folder_size(path: str | Path) -> int:

@@ -20,7 +20,7 @@ from .data import label_names, load_data, subsample, tokenize
 from .modeling import count_parameters, create_lora_model, load_config, load_model
 from .offline import offline_model_name
 from .persistence import base_model_metadata, check_can_save, load_adapter, save_adapter, versions
-from .reporting import format_comparison
+from .reporting import format_comparison, learning_curve
 from .training import device_summary, evaluate, remove_checkpoints, train
 
 RESULTS_FILE = "results.json"
@@ -47,12 +47,6 @@ def write_json(path: str | Path, payload: dict) -> Path:
     os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be shared
     os.replace(tmp, path)
     return path
-
-
-def learning_curve(log_history: list[dict]) -> list[dict]:
-    """The Trainer's log, kept to what a learning curve needs: training loss and validation metrics by step."""
-    keep = ("step", "epoch", "loss", "learning_rate", "eval_loss", "eval_accuracy", "eval_f1")
-    return [{k: r[k] for k in keep if k in r} for r in log_history if "loss" in r or "eval_accuracy" in r]
 
 
 @dataclass

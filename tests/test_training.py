@@ -6,7 +6,14 @@ from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
 from peft_helpers.errors import UserError
 from peft_helpers.inference import predict
 from peft_helpers.modeling import load_model
-from peft_helpers.reporting import comparison_table, format_comparison, prediction_table, training_curves
+from peft_helpers.reporting import (
+    comparison_table,
+    format_comparison,
+    learning_curve,
+    plot_learning_curves,
+    prediction_table,
+    training_curves,
+)
 from peft_helpers.training import evaluate, predict_logits
 
 
@@ -61,3 +68,22 @@ def test_comparison_table_and_curves():
     history = [{"loss": 0.7, "step": 1}, {"loss": 0.6, "step": 2}, {"eval_loss": 0.5, "eval_accuracy": 0.7, "epoch": 1.0}]
     train, evals = training_curves(history)
     assert train["loss"].tolist() == [0.7, 0.6] and evals["eval_accuracy"].tolist() == [0.7]
+
+
+def test_learning_curve_keeps_loss_and_validation_points_and_plots_them():
+    history = [
+        {"loss": 0.7, "grad_norm": 3.0, "learning_rate": 1e-4, "epoch": 0.5, "step": 5},
+        {"eval_loss": 0.5, "eval_accuracy": 0.7, "eval_f1": 0.69, "eval_runtime": 1.2, "epoch": 1.0, "step": 10},
+        {"train_runtime": 9.0, "train_loss": 0.6, "epoch": 1.0, "step": 10},  # the end-of-training summary
+    ]
+    curve = learning_curve(history)
+    assert curve == [
+        {"step": 5, "epoch": 0.5, "loss": 0.7, "learning_rate": 1e-4},
+        {"step": 10, "epoch": 1.0, "eval_loss": 0.5, "eval_accuracy": 0.7, "eval_f1": 0.69},
+    ]
+    other = [{"loss": 0.9, "epoch": 0.5, "step": 3}, {"eval_loss": 0.6, "eval_accuracy": 0.6, "epoch": 1.0, "step": 6}]
+    fig = plot_learning_curves({"a": curve, "b": other})
+    ax_loss, ax_acc = fig.axes
+    assert [line.get_label() for line in ax_acc.get_lines()] == ["a", "b"]
+    assert ax_acc.get_lines()[0].get_ydata().tolist() == [0.7]
+    assert ax_loss.get_lines()[1].get_xdata().tolist() == [0.5]

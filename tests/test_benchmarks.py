@@ -1,0 +1,56 @@
+"""The experiment scripts under benchmarks/ that BENCHMARKS.md quotes: their logic, on tiny inputs."""
+
+import importlib.util
+import json
+import sys
+
+import torch
+
+from conftest import ROOT, make_tiny_bert
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mean_pooling_ignores_padding(tmp_path):
+    from transformers import BertConfig
+
+    pooling = _load("pooling")
+    make_tiny_bert(tmp_path)
+    config = BertConfig.from_pretrained(tmp_path, num_labels=2)
+    torch.manual_seed(0)
+    model = pooling.BertMeanPooledForSequenceClassification.from_pretrained(tmp_path, config=config).eval()
+    ids = torch.tensor([[2, 5, 7, 3]])
+    alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    padded = torch.tensor([[2, 5, 7, 3, 0, 0], [2, 6, 3, 0, 0, 0]])
+    mask = (padded != 0).long()
+    batch = model(input_ids=padded, attention_mask=mask).logits
+    torch.testing.assert_close(batch[0], alone[0], atol=1e-5, rtol=0)
+    with torch.no_grad():  # the logits are the classifier applied to the masked mean of the token vectors
+        hidden = model.bert(input_ids=padded[1:, :3]).last_hidden_state.mean(1)
+        torch.testing.assert_close(batch[1], model.classifier(hidden)[0], atol=1e-5, rtol=0)
+    out = model(input_ids=padded, attention_mask=mask, labels=torch.tensor([0, 1]))
+    assert out.loss.item() > 0 and out.loss.requires_grad
+
+
+def test_curves_table_reads_run_and_full_finetune_results(tmp_path):
+    curves = _load("curves")
+    history = [
+        {"step": 5, "epoch": 0.5, "loss": 0.69},
+        {"step": 10, "epoch": 1.0, "loss": 0.41},
+        {"step": 10, "epoch": 1.0, "eval_loss": 0.4, "eval_accuracy": 0.8, "eval_f1": 0.8},
+    ]
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"finetuned": {"accuracy": 0.79}, "learning_curve": history}))
+    full = tmp_path / "full.txt"
+    full.write_text("RESULT " + json.dumps({"accuracy": 0.81, "learning_curve": history[:1]}))
+    runs = dict(curves.read(spec) for spec in [f"LoRA r=8={run}", str(full)])
+    assert list(runs) == ["LoRA r=8", "full"]
+    lines = curves.table(runs).splitlines()
+    assert lines[2] == "| LoRA r=8 | 1: 80.00% | 0.410 | 79.00% |"
+    assert lines[3] == "| full | - | 0.690 | 81.00% |"
