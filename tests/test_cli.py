@@ -31,6 +31,9 @@ def test_cli_run_end_to_end_writes_results_and_a_stock_loadable_adapter(tiny_gpt
         assert sum(map(sum, data[which]["confusion_matrix"])) == 32
     assert 0 < data["trainable_params"] < data["total_params"] and data["train_seconds"] > 0
     assert data["reload_max_logit_diff"] <= 1e-5
+    curve = data["learning_curve"]  # 64 examples / batch 8 = 8 steps, 1 epoch (GPT-2 default)
+    assert [r["step"] for r in curve if "loss" in r] == list(range(1, 9))  # 5% of 8 steps rounds up to 1
+    assert [(r["step"], r["epoch"]) for r in curve if "eval_accuracy" in r] == [(8, 1.0)]
     assert not (tmp_path / "runs").exists()  # checkpoints are removed once the adapter is safe
 
     from peft import AutoPeftModelForSequenceClassification
