@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -71,11 +72,22 @@ def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: 
         tokenizer.save_pretrained(tmp)
         full = {**metadata, "versions": versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
+        _share(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _share(folder: Path) -> None:
+    """Give every file the permissions a plain write would (0644 under the usual umask): the weights file is
+    written private (0600) by the saving library, which breaks sharing an adapter folder or copying it into an image."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,10 @@ def test_saved_files_and_metadata(trained, tmp_path):
     assert meta["architecture"] == "GPT2ForSequenceClassification" and meta["vocab_size"] == 50257
     assert meta["label_names"] == ["neg", "pos"] and "torch" in meta["versions"]
     assert not list(tmp_path.glob(".a.*"))  # no temporary folder left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # shareable like any file, weights included
 
 
 def test_reload_in_a_fresh_process_gives_identical_logits(trained, tmp_path):
