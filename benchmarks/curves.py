@@ -3,7 +3,8 @@
     python benchmarks/curves.py --out benchmarks/curves_minilm.png "LoRA r16=runs/a.json" "full=runs/b.json"
 
 Each input is a results file with a `learning_curve` (results.json of `python -m peft_helpers run`, or the
-RESULT line of benchmarks/full_finetune.py saved to a file), optionally prefixed with a label and "=".
+output of benchmarks/full_finetune.py saved to a file: its RESULT line is read), optionally prefixed with a label
+and "=".
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from peft_helpers.reporting import plot_learning_curves, training_curves  # noqa
 def read(spec: str) -> tuple[str, dict]:
     label, _, path = spec.rpartition("=")
     text = Path(path).read_text()
-    result = json.loads(text[text.index("{"):])  # also accepts a saved "RESULT {...}" line
+    if "RESULT " in text:  # the saved output of full_finetune.py or pooling.py: its last RESULT line
+        text = text[text.rindex("RESULT ") + len("RESULT "):].splitlines()[0]
+    result = json.loads(text)
     if "learning_curve" not in result:
         raise SystemExit(f"{path} has no learning_curve: rerun it with the current code")
     return label or Path(path).stem, result

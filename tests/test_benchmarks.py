@@ -48,7 +48,7 @@ def test_curves_table_reads_run_and_full_finetune_results(tmp_path):
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"finetuned": {"accuracy": 0.79}, "learning_curve": history}))
     full = tmp_path / "full.txt"
-    full.write_text("RESULT " + json.dumps({"accuracy": 0.81, "learning_curve": history[:1]}))
+    full.write_text("{'loss': '0.69', 'epoch': '0.5'}\nRESULT " + json.dumps({"accuracy": 0.81, "learning_curve": history[:1]}) + "\n")
     runs = dict(curves.read(spec) for spec in [f"LoRA r=8={run}", str(full)])
     assert list(runs) == ["LoRA r=8", "full"]
     lines = curves.table(runs).splitlines()
