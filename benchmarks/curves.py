@@ -34,7 +34,7 @@ def read(spec: str) -> tuple[str, dict]:
     return label or Path(path).stem, result
 
 
-def test_accuracy(result: dict) -> float:
+def accuracy_on_test(result: dict) -> float:
     return result["finetuned"]["accuracy"] if "finetuned" in result else result["accuracy"]
 
 
@@ -47,7 +47,7 @@ def table(runs: dict[str, dict]) -> str:
             f"{e:g}: {100 * a:.2f}%" for e, a in zip(evals["epoch"], evals["eval_accuracy"])
         )
         loss = f"{train['loss'].iloc[-1]:.3f}" if not train.empty else "-"
-        lines.append(f"| {name} | {by_epoch} | {loss} | {100 * test_accuracy(result):.2f}% |")
+        lines.append(f"| {name} | {by_epoch} | {loss} | {100 * accuracy_on_test(result):.2f}% |")
     return "\n".join(lines)
 
 

@@ -66,13 +66,12 @@ def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: 
     check_can_save(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the adapter folder should not be
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         full = {**metadata, "versions": versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
-        _share(tmp)
+        make_shareable(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -80,14 +79,15 @@ def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: 
     return target
 
 
-def _share(folder: Path) -> None:
-    """Give every file the permissions a plain write would (0644 under the usual umask): the weights file is
-    written private (0600) by the saving library, which breaks sharing an adapter folder or copying it into an image."""
+def make_shareable(path: str | Path) -> None:
+    """Give a file, or a folder and everything in it, the permissions a plain write would have (0644 / 0755
+    under the usual umask). Temporary files and folders are created private (0600 / 0700), and so is the weights
+    file the saving library writes, which breaks sharing a results file or an adapter folder."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:

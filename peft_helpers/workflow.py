@@ -19,7 +19,7 @@ from .config import RunConfig
 from .data import label_names, load_data, subsample, tokenize
 from .modeling import count_parameters, create_lora_model, load_config, load_model
 from .offline import offline_model_name
-from .persistence import base_model_metadata, check_can_save, load_adapter, save_adapter, versions
+from .persistence import base_model_metadata, check_can_save, load_adapter, make_shareable, save_adapter, versions
 from .reporting import format_comparison, learning_curve
 from .training import device_summary, evaluate, remove_checkpoints, train
 
@@ -44,7 +44,7 @@ def write_json(path: str | Path, payload: dict) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2, default=str)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is meant to be shared
+    make_shareable(tmp)
     os.replace(tmp, path)
     return path
 
