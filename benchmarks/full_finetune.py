@@ -1,8 +1,11 @@
 """Full fine-tuning (every weight trained) with the same data, pipeline and budget as a LoRA run, for comparison.
 
-    python benchmarks/full_finetune.py --model minilm --epochs 3 --learning-rate 5e-5 --results full.json
+    python benchmarks/full_finetune.py --model minilm --data_dir ../shared/data/rotten_tomatoes --epochs 3 \
+        --learning_rate 5e-5 > full.txt
 
-Uses the package's data, Trainer set-up and evaluation; only the LoRA wrapping is left out.
+Uses the package's data, Trainer set-up and evaluation; only the LoRA wrapping is left out. The last line is
+`RESULT {json}` (accuracy, F1, parameters, train seconds and examples/s, learning curve); benchmarks/curves.py
+reads it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from transformers import HfArgumentParser, set_seed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_helpers.config import RunConfig  # noqa: E402
+from peft_helpers.evaluation import evaluate  # noqa: E402
 from peft_helpers.modeling import count_parameters  # noqa: E402
-from peft_helpers.training import device_summary, evaluate, remove_checkpoints, train  # noqa: E402
 from peft_helpers.reporting import learning_curve  # noqa: E402
+from peft_helpers.training import device_summary, prepare_checkpoints, remove_checkpoints, train  # noqa: E402
 from peft_helpers.workflow import prepare  # noqa: E402
 
 
@@ -30,13 +34,14 @@ def main() -> None:
     p = prepare(cfg)  # epochs etc. resolved; the LoRA settings are unused here
     cfg, data, model, tokenizer, encoded = p.cfg, p.data, p.model, p.tokenizer, p.encoded
     params = count_parameters(model)
-    trained = train(model, tokenizer, encoded, cfg, fresh=True)
+    trained = train(model, tokenizer, encoded, cfg, prepare_checkpoints(cfg, fresh=True))
     result = evaluate(model, tokenizer, encoded["test"], cfg.batch_size)
     remove_checkpoints(cfg)
     out = {"mode": "full", "model": cfg.model, "train_size": len(data["train"]), "eval_size": len(data["test"]),
            "epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "accuracy": result.metrics["accuracy"],
            "f1": result.metrics["f1"], "trainable_params": params.trainable, "total_params": params.total,
-           "train_seconds": round(trained.seconds, 1), "device": device_summary(),
+           "train_seconds": round(trained.seconds, 1), "train_samples_per_second": round(trained.samples_per_second, 1),
+           "device": device_summary(),
            "learning_curve": learning_curve(trained.log_history)}
     print("RESULT " + json.dumps(out))
 

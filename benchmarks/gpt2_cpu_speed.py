@@ -31,8 +31,9 @@ def main() -> None:
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from peft_helpers.config import RunConfig
+    from peft_helpers.evaluation import evaluate
     from peft_helpers.modeling import count_parameters, create_lora_model
-    from peft_helpers.training import device_summary, evaluate, train
+    from peft_helpers.training import device_summary, train
     from peft_helpers.workflow import prepare
 
     with tempfile.TemporaryDirectory() as tmp:

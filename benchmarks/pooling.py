@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 from peft import get_peft_model
+from torch import nn
 from transformers import BertModel, BertPreTrainedModel, HfArgumentParser, set_seed
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_helpers.config import RunConfig  # noqa: E402
+from peft_helpers.evaluation import evaluate  # noqa: E402
 from peft_helpers.modeling import count_parameters, create_lora_model, lora_config  # noqa: E402
 from peft_helpers.offline import offline_model_name, offline_model_path  # noqa: E402
 from peft_helpers.reporting import learning_curve  # noqa: E402
-from peft_helpers.training import device_summary, evaluate, remove_checkpoints, train  # noqa: E402
+from peft_helpers.training import device_summary, prepare_checkpoints, remove_checkpoints, train  # noqa: E402
 from peft_helpers.workflow import prepare, write_json  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def main() -> None:
         raise SystemExit(f"--pooling {args.pooling!r}: use mean or pooler")
     params = count_parameters(peft_model)
     print(params)
-    trained = train(peft_model, p.tokenizer, p.encoded, cfg, fresh=True)
+    trained = train(peft_model, p.tokenizer, p.encoded, cfg, prepare_checkpoints(cfg, fresh=True))
     result = evaluate(peft_model, p.tokenizer, p.encoded["test"], cfg.batch_size)
     remove_checkpoints(cfg)
     out = {"mode": f"lora, pooling={args.pooling}", "model": cfg.model, "train_size": len(p.data["train"]),

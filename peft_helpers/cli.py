@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from .config import RunConfig
+from .environment import unsupported_message
 from .errors import UserError
 
 USAGE = """usage: python -m peft_helpers COMMAND [options]
@@ -16,6 +17,7 @@ commands:
   run      load data, evaluate the pretrained model, train LoRA, save, reload, evaluate, compare
   demo     `run` with the demo settings: GPT-2 + Hub data online, the packaged MiniLM + local data offline
   predict  classify texts with a saved adapter: predict ADAPTER_DIR "text" ...
+  data     load and check a dataset without training: data --data-dir PATH [--text-column ...]
 
 `python -m peft_helpers run --help` lists every option."""
 
@@ -35,6 +37,15 @@ class DemoOptions:
         default=None, metadata={"help": "Rotten Tomatoes folder (rt-polarity.pos/.neg) used when the Hub is unreachable."}
     )
     results: str | None = field(default=None, metadata={"help": "Also write the results JSON to this path."})
+    model: str | None = field(default=None, metadata={"help": "Use this model instead of the demo's (GPT-2 / MiniLM)."})
+
+
+@dataclass
+class DataOptions:
+    data_dir: str | None = field(default=None, metadata={"help": "Local data (as for run); None = the Hub dataset."})
+    text_column: str = field(default="text", metadata={"help": "Text column (or its position, without a header)."})
+    label_column: str = field(default="label", metadata={"help": "Label column (or its position, without a header)."})
+    seed: int = field(default=42, metadata={"help": "Seed for carving missing validation/test splits."})
 
 
 def _run(argv: list[str]) -> int:
@@ -52,7 +63,7 @@ def _demo(argv: list[str]) -> int:
 
     parser = HfArgumentParser((DemoOptions,), prog="python -m peft_helpers demo")
     (options,) = _parse(parser, argv)
-    cfg = demo_config(options.local_data)
+    cfg = demo_config(options.local_data, model=options.model)
     print(f"Demo: model={cfg.model}, data={cfg.data_dir or 'Hub rotten_tomatoes'}")
     run(cfg, overwrite=True, results_path=options.results)
     return 0
@@ -72,6 +83,17 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+def _data(argv: list[str]) -> int:
+    from .data import label_balance, load_data
+
+    parser = HfArgumentParser((DataOptions,), prog="python -m peft_helpers data")
+    (options,) = _parse(parser, argv)
+    data = load_data(options.data_dir, options.text_column, options.label_column, options.seed)
+    print(", ".join(f"{split} {len(ds):,}" for split, ds in data.items()) + f" rows; {sum(map(len, data.values())):,} in all")
+    print(label_balance(data).to_string())
+    return 0
+
+
 def _parse(parser: HfArgumentParser, argv: list[str]):
     try:
         return parser.parse_args_into_dataclasses(args=argv)
@@ -79,14 +101,21 @@ def _parse(parser: HfArgumentParser, argv: list[str]):
         raise UserError(str(err)) from None
 
 
-COMMANDS = {"run": _run, "demo": _demo, "predict": _predict}
+COMMANDS = {"run": _run, "demo": _demo, "predict": _predict, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)} (--help lists them).", file=sys.stderr)
+        return 2
+    problem = unsupported_message()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as err:

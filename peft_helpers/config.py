@@ -21,11 +21,17 @@ class RunConfig:
         default=None,
         metadata={
             "help": "None = the Hub dataset rotten_tomatoes. Otherwise a folder with rt-polarity.pos/.neg, "
-            "a folder with train/validation/test CSV/JSON/Parquet files, or one such file."
+            "a folder with train (and optional validation/test) CSV/TSV/JSON/JSONL/Parquet files, or one such file."
         },
     )
-    text_column: str = field(default="text", metadata={"help": "Text column of a local CSV/JSON/Parquet file."})
-    label_column: str = field(default="label", metadata={"help": "Label column of a local CSV/JSON/Parquet file."})
+    text_column: str = field(
+        default="text",
+        metadata={"help": "Text column of a local file; in a file without a header, its position (0, 1, ...)."},
+    )
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Label column of a local file; in a file without a header, its position (0, 1, ...)."},
+    )
     train_size: int | None = field(
         default=None, metadata={"help": "None = the full train split; otherwise a stratified, seeded subset."}
     )
@@ -98,7 +104,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def resolved(self, model_type: str) -> "RunConfig":
+    def resolved(self, model_type: str) -> RunConfig:
         """A copy where every setting left at None takes the value tuned for this architecture family."""
         tuned = {**FAMILY_DEFAULTS["default"], **FAMILY_DEFAULTS.get(model_type, {})}
         if self.r is not None and self.alpha is None:
@@ -107,6 +113,18 @@ class RunConfig:
 
     def is_resolved(self) -> bool:
         return all(getattr(self, k) is not None for k in FAMILY_DEFAULTS["default"] if k != "target_modules")
+
+    def require_resolved(self) -> RunConfig:
+        """Steps after `workflow.prepare` take the resolved config and never fill in defaults themselves."""
+        if not self.is_resolved():
+            raise ValueError("this step needs a resolved config: cfg.resolved(model.config.model_type) "
+                             "(workflow.prepare returns one)")
+        return self
+
+    def run_identity(self) -> dict:
+        """The settings that define what a training run computes: a checkpoint may only be resumed by a run
+        with the same ones (where checkpoints and the adapter go does not matter)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "checkpoint_dir", "save_steps")}
 
 
 # LoRA and training settings per architecture family (`config.model_type`), tuned on Rotten Tomatoes with the
@@ -124,8 +142,8 @@ FAMILY_DEFAULTS: dict[str, dict] = {
 
 
 # Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 with LoRA trains at about 15
-# examples/s on two CPU cores (benchmarks/gpt2_cpu_speed.py), so the full 8,530 take about 9.5 minutes per epoch
-# and 2,000 about 2 minutes.
+# examples/s on two CPU cores (benchmarks/gpt2_cpu_speed.py prints the rate and both estimates), so the full
+# 8,530 take about 9 minutes per epoch and 2,000 about 2 minutes.
 CPU_TRAIN_SIZE = 2000
 CPU_EVAL_SIZE = 500
 

@@ -1,24 +1,51 @@
-"""Loading, checking, subsetting and tokenizing text-classification data, from the Hub or local files."""
+"""Loading, checking, subsetting and tokenizing text-classification data, from the Hub or local files.
+
+Rules (README, "Data"):
+- every row of a local file is either used or refused with its file and row; nothing is dropped silently;
+- text is read as text: an empty field is empty, `NA` or `null` is the word itself;
+- labels are all integers (any values, sorted into ids), all booleans, or all names (sorted); a mix is refused;
+  names for integer labels can come from a `classes.txt` beside the data;
+- a missing validation or test split is carved out of train (stratified, seeded) and the carving is printed.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
+from .compat import network_errors
 from .errors import UserError
 
 HUB_DATASET = "cornell-movie-review-data/rotten_tomatoes"
 LABEL_NAMES = ["neg", "pos"]
 SPLITS = ("train", "validation", "test")
-_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+CARVE_FRACTION = 0.1  # of all rows, for each missing validation/test split
+CLASS_NAMES_FILE = "classes.txt"
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+_INTEGER = re.compile(r"[+-]?\d+")
+_BOOLEANS = {"true": True, "false": False}
+
+
+# --- Rotten Tomatoes ------------------------------------------------------------------------------------------
 
 
 def load_rotten_tomatoes(data_dir: str | Path | None = None) -> DatasetDict:
     """Rotten Tomatoes with the Hub's exact splits: from the Hub, or rebuilt from the original rt-polarity files."""
     if data_dir is None:
-        return load_dataset(HUB_DATASET)
+        try:
+            return load_dataset(HUB_DATASET)
+        except network_errors() as err:
+            raise UserError(
+                f"the Hugging Face Hub is unreachable ({type(err).__name__}), so {HUB_DATASET} cannot be loaded: "
+                "give local data with --data-dir (data_dir=...), e.g. a folder holding rt-polarity.pos/.neg."
+            ) from None
     data_dir = Path(data_dir)
     pos, neg = (_read_lines(data_dir / f"rt-polarity.{kind}") for kind in ("pos", "neg"))
     if len(pos) != len(neg):
@@ -53,28 +80,59 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+# --- Local files ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """One local file, read as the user sees it."""
+
+    path: Path
+    frame: pd.DataFrame  # every data row of the file, in file order
+    header: bool  # whether the first line was a header (CSV/TSV)
+    lines: list[int] | None = None  # the line each row starts on (CSV/TSV, where a quoted text can span lines)
+
+    def where(self, i: int) -> str:
+        """Row `i` (0-based, in file order) as the user finds it in an editor."""
+        if self.lines is not None:
+            return f"{self.path.name} data row {i + 1} (line {self.lines[i]})"
+        if self.path.suffix.lower() == ".jsonl":
+            return f"{self.path.name} line {i + 1}"
+        return f"{self.path.name} row {i + 1}"
+
+
 def load_text_classification(
     path: str | Path, text_column: str = "text", label_column: str = "label", seed: int = 42
 ) -> DatasetDict:
-    """A local CSV/JSON/Parquet file (split 80/10/10, stratified) or a folder of train/validation/test files."""
+    """A local CSV/TSV/JSON/JSONL/Parquet file (validation and test carved out of it, stratified), or a folder
+    with a train file and optional validation/test files (missing ones are carved out of train)."""
     path = Path(path)
     if path.is_file():
-        data = DatasetDict({"train": _load_file(path)})
+        files = {"train": path}
     elif path.is_dir():
-        files = {split: _find_split_file(path, split) for split in SPLITS}
-        if files["train"] is None:
+        files = {split: f for split in SPLITS if (f := _find_split_file(path, split)) is not None}
+        if "train" not in files:
             raise UserError(
-                f"{path} holds no rt-polarity.pos/.neg and no train.csv/.json/.jsonl/.parquet: "
+                f"{path} holds no rt-polarity.pos/.neg and no train.csv/.tsv/.json/.jsonl/.parquet: "
                 "point data_dir at one of those, or at a single data file."
             )
-        data = DatasetDict({split: _load_file(f) for split, f in files.items() if f is not None})
     else:
         raise UserError(f"data path {path} does not exist.")
-    data = DatasetDict({split: _standardise(ds, split, text_column, label_column) for split, ds in data.items()})
-    data = encode_labels(data)
-    if set(data) != set(SPLITS):
-        data = _split_missing(data, seed)
-    return data
+    tables = {split: _read_table(f, text_column, label_column) for split, f in files.items()}
+    columns = {split: _columns(t, text_column, label_column) for split, t in tables.items()}
+    for split, table in tables.items():
+        _check_rows(table, *columns[split])
+    raw_labels = {split: [table.frame[columns[split][1]].iloc[i] for i in range(len(table.frame))] for split, table in tables.items()}
+    class_names = _class_names_file(path if path.is_dir() else path.parent)
+    names, ids = encode_label_values(raw_labels, tables, class_names)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    data = {
+        split: Dataset.from_dict(
+            {"text": [str(t) for t in table.frame[columns[split][0]]], "label": ids[split]}, features=features
+        )
+        for split, table in tables.items()
+    }
+    return carve_missing_splits(DatasetDict(data), seed)
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -85,94 +143,242 @@ def _find_split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _load_file(path: Path) -> Dataset:
-    builder = _FORMATS.get(path.suffix.lower())
-    if builder is None:
-        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .json, .jsonl or .parquet.")
-    if builder != "parquet":
+def _read_table(path: Path, text_column: str, label_column: str) -> Table:
+    kind = _FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet.")
+    if kind == "parquet":
+        table = Table(path, pd.read_parquet(path), header=True)
+    else:
+        raw = path.read_bytes()
         try:
-            path.read_bytes().decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a byte-order mark at the start is not part of the first column's name
         except UnicodeDecodeError as err:
-            raise UserError(
-                f"{path} is not UTF-8 (bad byte at position {err.start}): re-save it as UTF-8."
-            ) from None
+            raise UserError(f"{path} is not UTF-8 (bad byte at position {err.start}): re-save it as UTF-8.") from None
+        if not text.strip():
+            raise UserError(f"{path} holds no examples: add rows.")
+        if kind in ("csv", "tsv"):
+            table = _read_delimited(path, text, "," if kind == "csv" else "\t", {text_column, label_column})
+        else:
+            try:
+                frame = pd.read_json(io.StringIO(text), lines=kind == "jsonl" or _looks_like_json_lines(text), dtype=False,
+                                     convert_dates=False)
+            except ValueError as err:
+                raise UserError(f"could not read {path} as {kind}: {str(err).splitlines()[0]}") from None
+            table = Table(path, frame, header=True)
+    if len(table.frame) == 0:
+        raise UserError(f"{path} holds no examples: add rows (a header alone is not enough).")
+    table.frame.columns = [str(c) for c in table.frame.columns]
+    table.frame = table.frame.reset_index(drop=True)
+    return table
+
+
+def _read_delimited(path: Path, text: str, sep: str, expected: set[str]) -> Table:
+    """CSV/TSV with Python's csv module: every field is a string, exactly as written (no missing-value guessing,
+    the same on every pandas version), quoted fields may span lines, and each row keeps the line it starts on."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    records, lines, previous = [], [], 0
     try:
-        return load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # datasets raises many types for malformed files
-        if "corresponds to no data" in str(err):
-            raise UserError(f"{path} holds no examples: add rows (a header alone is not enough).") from None
-        raise UserError(f"could not read {path} as {builder}: {err}") from None
+        for record in reader:
+            if record:  # a blank line is not a row
+                records.append(record)
+                lines.append(previous + 1)
+            previous = reader.line_num
+    except csv.Error as err:
+        raise UserError(f"could not read {path.name} near line {reader.line_num}: {err}") from None
+    header = _has_header(records[0], text, sep, expected)
+    names = records[0] if header else [str(i) for i in range(len(records[0]))]
+    body, body_lines = (records[1:], lines[1:]) if header else (records, lines)
+    for record, line in zip(body, body_lines):
+        if len(record) != len(names):
+            raise UserError(f"{path.name} line {line} has {len(record)} fields but the {'header' if header else 'first row'} "
+                            f"has {len(names)}: quote texts that contain {'a comma' if sep == ',' else 'a tab'}.")
+    return Table(path, pd.DataFrame(body, columns=names, dtype=object), header, body_lines)
 
 
-def _standardise(ds: Dataset, split: str, text_column: str, label_column: str) -> Dataset:
-    missing = [c for c in (text_column, label_column) if c not in ds.column_names]
-    if missing:
+def _looks_like_json_lines(text: str) -> bool:
+    return not text.lstrip().startswith("[")
+
+
+def _has_header(first: list[str], text: str, sep: str, expected: set[str]) -> bool:
+    """A header when the first row names an expected column, otherwise as the csv module's sniffer judges
+    (a first row whose cells look like the data below them is data: e.g. AG News starts with `"3","Fears..."`)."""
+    if expected & {cell.strip() for cell in first}:
+        return True
+    try:
+        return csv.Sniffer().has_header("\n".join(text.splitlines()[:50]))
+    except csv.Error:
+        return True
+
+
+def _columns(table: Table, text_column: str, label_column: str) -> tuple[str, str]:
+    """The text and label columns: the named ones, or, in a file without a header, detected (printed)."""
+    columns = list(table.frame.columns)
+    if text_column in columns and label_column in columns:
+        return text_column, label_column
+    if table.header:
+        missing = text_column if text_column not in columns else label_column
         raise UserError(
-            f"{split} split has no column {missing[0]!r} (columns: {', '.join(ds.column_names)}); "
+            f"{table.path.name} has no column {missing!r} (columns: {', '.join(columns)}); "
             "pass --text-column/--label-column (text_column/label_column) with the right names."
         )
-    ds = ds.select_columns([text_column, label_column])
-    renames = {old: new for old, new in ((text_column, "text"), (label_column, "label")) if old != new}
-    return ds.rename_columns(renames) if renames else ds
+    label, text = _detect_columns(table.frame)
+    print(f"{table.path.name}: no header row; using column {label} as labels and column {text} as text "
+          "(by position, counting from 0; override with --label-column/--text-column).")
+    return text, label
 
 
-def encode_labels(data: DatasetDict) -> DatasetDict:
-    """Give every split the same ClassLabel, built from the train split's labels.
+def _detect_columns(frame: pd.DataFrame) -> tuple[str, str]:
+    """(label, text) columns of a headerless file: labels are the column with fewest distinct values, text the
+    one with the longest values on average."""
+    if frame.shape[1] < 2:
+        raise UserError("a headerless file needs at least two columns (label and text).")
+    distinct = {c: frame[c].nunique() for c in frame.columns}
+    label = min(frame.columns, key=lambda c: (distinct[c], list(frame.columns).index(c)))
+    text = max((c for c in frame.columns if c != label), key=lambda c: frame[c].astype(str).str.len().mean())
+    return label, text
 
-    String labels become class ids in sorted order; integer labels must already be 0..k-1.
-    A label in validation/test that train never shows is an error: the model could not predict it.
-    """
-    train_labels = data["train"]["label"]
-    if any(label is None for label in train_labels):
-        raise UserError("train split has missing labels: every row needs a label.")
-    if isinstance(data["train"].features["label"], ClassLabel):
-        names = data["train"].features["label"].names
-    elif all(isinstance(v, str) for v in train_labels):
-        names = sorted(set(train_labels))
-    elif all(isinstance(v, int) and not isinstance(v, bool) for v in train_labels):
-        values = sorted(set(train_labels))
-        if values != list(range(len(values))):
-            raise UserError(
-                f"integer labels must be 0..k-1, found {values[:10]}: renumber them or use string label names."
-            )
-        names = [str(v) for v in values]
-    else:
-        raise UserError("labels must be all strings or all integers; found a mix or another type (e.g. floats).")
-    if len(names) < 2:
-        raise UserError(f"train split has only one label ({names}): classification needs at least two.")
-    encoded = {}
-    for split, ds in data.items():
-        if isinstance(ds.features["label"], ClassLabel):
-            if ds.features["label"].names != names:
-                raise UserError(f"{split} split has labels {ds.features['label'].names}, train has {names}.")
-            encoded[split] = ds
-            continue
-        unknown = sorted({str(v) for v in ds["label"]} - set(names))  # integer labels are named "0".."k-1"
+
+def _check_rows(table: Table, text_column: str, label_column: str) -> None:
+    """Refuse empty texts and missing labels, naming the file, the first row and the count."""
+    for column, what in ((text_column, "empty or missing text(s)"), (label_column, "missing label(s)")):
+        values = table.frame[column]
+        empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and np.isnan(v))
+                 or (isinstance(v, str) and not v.strip())]
+        if empty:
+            raise UserError(f"{table.path.name} has {len(empty)} {what}, first at {table.where(empty[0])}: "
+                            "fill in or remove those rows.")
+
+
+def _class_names_file(folder: Path) -> list[str] | None:
+    file = folder / CLASS_NAMES_FILE
+    if not file.is_file():
+        return None
+    names = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return names or None
+
+
+def _label_kind(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, np.integer)):
+        return "integer"
+    if isinstance(value, (float, np.floating)):
+        return "integer" if float(value).is_integer() else "float"
+    text = str(value).strip()
+    if _INTEGER.fullmatch(text):
+        return "integer"
+    if text.lower() in _BOOLEANS:
+        return "boolean"
+    try:
+        float(text)
+        return "float"
+    except ValueError:
+        return "name"
+
+
+def _label_value(value, kind: str):
+    if kind == "integer":
+        return int(float(value)) if not isinstance(value, str) else int(value.strip())
+    if kind == "boolean":
+        return bool(value) if not isinstance(value, str) else _BOOLEANS[value.strip().lower()]
+    return str(value)
+
+
+def encode_label_values(
+    raw: dict[str, list], tables: dict[str, Table] | None = None, class_names: list[str] | None = None
+) -> tuple[list[str], dict[str, list[int]]]:
+    """(label names, ids per split) from raw label values. The train split defines the label set."""
+    kinds = {}
+    for split, values in raw.items():
+        for i, value in enumerate(values):
+            kind = _label_kind(value)
+            if kind == "float":
+                where = tables[split].where(i) if tables else f"{split} row {i + 1}"
+                raise UserError(f"label {value!r} at {where} is a fractional number: labels must be whole numbers, "
+                                "true/false, or names.")
+            kinds.setdefault(kind, (split, i, value))
+    if len(kinds) > 1:
+        examples = ", ".join(f"{value!r} ({kind})" for kind, (_, _, value) in kinds.items())
+        raise UserError(f"labels mix kinds: {examples}; use all numbers, all true/false, or all names.")
+    kind = next(iter(kinds))
+    values = {split: [_label_value(v, kind) for v in vals] for split, vals in raw.items()}
+    train_values = sorted(set(values["train"]))
+    if len(train_values) < 2:
+        raise UserError(f"train split has only one label ({train_values}): classification needs at least two.")
+    if len(train_values) > 1000:
+        raise UserError(f"the label column has {len(train_values)} distinct values: is it the right column? "
+                        "Pass --label-column with the column that holds the classes.")
+    for split, vals in values.items():
+        unknown = sorted(set(vals) - set(train_values), key=str)
         if unknown:
-            raise UserError(
-                f"{split} split has labels {unknown[:5]} that are not in the label set {names}: fix or drop those rows."
-            )
-        to_id = {name: i for i, name in enumerate(names)}
-        features = Features({"text": ds.features["text"], "label": ClassLabel(names=names)})
-        encoded[split] = ds.map(
-            lambda batch: {"label": [to_id[str(v)] for v in batch["label"]]}, batched=True, features=features
-        )
-    return DatasetDict(encoded)
+            raise UserError(f"{split} split has labels {unknown[:5]} that are not in the train split's label set "
+                            f"{train_values[:20]}: fix or drop those rows.")
+    names = [str(v).lower() if kind == "boolean" else str(v) for v in train_values]
+    if class_names is not None and kind == "integer":
+        names = _apply_class_names(train_values, class_names)
+    to_id = {v: i for i, v in enumerate(train_values)}
+    return names, {split: [to_id[v] for v in vals] for split, vals in values.items()}
 
 
-def _split_missing(data: DatasetDict, seed: int) -> DatasetDict:
-    """Carve missing validation/test splits out of train (10% each, stratified)."""
-    train = data["train"]
-    out = {}
-    for split in ("test", "validation"):
-        if split in data:
-            out[split] = data[split]
-            continue
-        if len(train) < 10:
-            raise UserError(f"only {len(train)} rows: too few to carve out a {split} split; add rows or a {split} file.")
-        parts = train.train_test_split(test_size=0.1 if split == "test" else 1 / 9, stratify_by_column="label", seed=seed)
-        train, out[split] = parts["train"], parts["test"]
-    return DatasetDict({"train": train, "validation": out["validation"], "test": out["test"]})
+def _apply_class_names(values: list[int], class_names: list[str]) -> list[str]:
+    """classes.txt lists one name per line, for labels numbered from 1 (AG News) or from 0."""
+    for first in (1, 0):
+        if all(first <= v < first + len(class_names) for v in values):
+            names = [class_names[v - first] for v in values]
+            print(f"{CLASS_NAMES_FILE}: label {values[0]} = {names[0]!r}, ..., {values[-1]} = {names[-1]!r}")
+            return names
+    raise UserError(f"{CLASS_NAMES_FILE} has {len(class_names)} names but the labels are {values[:10]}: "
+                    "it needs one line per class, for labels numbered from 0 or from 1.")
+
+
+# --- Splits and subsets ---------------------------------------------------------------------------------------
+
+
+def stratified_indices(labels, size: int, seed: int, every_label: bool = False) -> np.ndarray:
+    """`size` row indices drawn at random (seeded) with each label's share of `labels` (largest remainder).
+
+    Written out rather than taken from scikit-learn/datasets' `train_test_split(stratify=...)`, which refuses a
+    label seen once and a remainder smaller than the number of labels (e.g. 8,529 of 8,530 rows).
+    `every_label` gives each label at least one row (a training subset must show every class)."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / len(labels)
+    take = np.floor(exact).astype(int)
+    if every_label:
+        take = np.maximum(take, 1)
+        while take.sum() > size:  # give back a row from the label furthest above its share (keeping one)
+            take[np.argmax(np.where(take > 1, take - exact, -np.inf))] -= 1
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: size - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return rng.permutation(np.concatenate(chosen))
+
+
+def _split_off(ds: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(rest, part): `size` rows taken out of `ds`, stratified by label."""
+    part = stratified_indices(ds["label"], size, seed)
+    rest = np.setdiff1d(np.arange(len(ds)), part)
+    return ds.select(rest), ds.select(np.sort(part))
+
+
+def carve_missing_splits(data: DatasetDict, seed: int) -> DatasetDict:
+    """Make missing validation/test splits from train: CARVE_FRACTION of the rows each, stratified and seeded.
+    Prints what was carved, so the user sees that the splits were made and not found."""
+    train, out = data["train"], dict(data)
+    missing = [split for split in ("test", "validation") if split not in data]
+    total = len(train)
+    for split in missing:
+        size = max(1, round(CARVE_FRACTION * total))
+        if len(train) - size < 2:
+            raise UserError(f"only {total} rows: too few to carve out a {split} split; add rows or a {split} file.")
+        train, out[split] = _split_off(train, size, seed)
+    if missing:
+        print(f"No {' or '.join(missing)} split given: carved {', '.join(f'{s} {len(out[s]):,}' for s in missing)} "
+              f"rows out of {total:,} training rows (stratified, seed {seed}); train keeps {len(train):,}.")
+    out["train"] = train
+    return DatasetDict({split: out[split] for split in SPLITS})
 
 
 def load_data(data_dir: str | Path | None, text_column: str = "text", label_column: str = "label", seed: int = 42) -> DatasetDict:
@@ -199,21 +405,18 @@ def check_dataset(data: DatasetDict) -> None:
         if len(ds) == 0:
             raise UserError(f"{split} split is empty: it needs at least one example.")
         if not isinstance(ds.features["label"], ClassLabel):
-            raise UserError(f"{split} split's label column is not a ClassLabel; load it with load_data() or encode_labels().")
+            raise UserError(f"{split} split's label column is not a ClassLabel; load it with load_data().")
         bad = [i for i, text in enumerate(ds["text"]) if not isinstance(text, str) or not text.strip()]
         if bad:
             raise UserError(
-                f"{split} split has {len(bad)} empty or missing text(s) (first at row {bad[0]}): remove those rows."
+                f"{split} split has {len(bad)} empty or missing text(s) (first at row {bad[0] + 1}): remove those rows."
             )
 
 
 def label_balance(data: DatasetDict) -> pd.DataFrame:
     """Examples per label and split: a skewed split makes accuracy misleading."""
     names = label_names(data)
-    counts = {split: [0] * len(names) for split in data}
-    for split, ds in data.items():
-        for label in ds["label"]:
-            counts[split][label] += 1
+    counts = {split: np.bincount(ds["label"], minlength=len(names)).tolist() for split, ds in data.items()}
     return pd.DataFrame(counts, index=names).rename_axis("label")
 
 
@@ -222,7 +425,7 @@ def label_names(data: DatasetDict) -> list[str]:
 
 
 def stratified_subset(ds: Dataset, size: int | None, seed: int, what: str = "split") -> Dataset:
-    """A seeded subset with the same label balance as `ds`; None keeps everything."""
+    """A seeded subset with the same label balance as `ds` (every label kept); None keeps everything."""
     if size is None or size == len(ds):
         return ds
     if size > len(ds):
@@ -230,7 +433,7 @@ def stratified_subset(ds: Dataset, size: int | None, seed: int, what: str = "spl
     n_labels = len(set(ds["label"]))
     if size < n_labels:
         raise UserError(f"{what}={size} is smaller than the number of labels ({n_labels}): use at least {n_labels}.")
-    return ds.train_test_split(train_size=size, stratify_by_column="label", seed=seed)["train"]
+    return ds.select(stratified_indices(ds["label"], size, seed, every_label=True))
 
 
 def subsample(data: DatasetDict, train_size: int | None, eval_size: int | None, seed: int) -> DatasetDict:

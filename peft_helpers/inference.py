@@ -9,8 +9,8 @@ import torch
 from datasets import Dataset
 
 from .errors import UserError
+from .evaluation import predict_logits
 from .modeling import max_positions
-from .training import predict_logits
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from .compat import dtype_kwarg
 from .config import RunConfig
 from .errors import UserError
 from .offline import OFFLINE_MODELS, offline_model_name, offline_model_path
@@ -111,7 +113,7 @@ def load_model(
         num_labels=len(label_names),
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
-        dtype=torch.float32,
+        **dtype_kwarg(torch.float32),
     )
     ensure_pad_token(tokenizer, net)
     check_compatible(net, tokenizer, max_length)
@@ -146,15 +148,14 @@ def default_target_modules(model: PreTrainedModel) -> list[str]:
 
 def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
     """LoRA settings for `model`: per-architecture targets, Conv1D layout for GPT-2, a trained and saved head."""
-    cfg = cfg.resolved(model.config.model_type)
+    cfg.require_resolved()
     targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(model)
     matched = [
         module for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)
     ]
     if not matched:
         raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
-    # GPT-2's attention uses Conv1D, whose weight is stored transposed (in, out) compared with nn.Linear.
-    fan_in_fan_out = any(isinstance(m, Conv1D) for m in matched)
+    fan_in_fan_out = uses_conv1d(model, targets)
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=cfg.r,
@@ -163,6 +164,14 @@ def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
         target_modules=targets,
         fan_in_fan_out=fan_in_fan_out,
         modules_to_save=[head_name(model)],
+    )
+
+
+def uses_conv1d(model: PreTrainedModel, targets: list[str]) -> bool:
+    """GPT-2's attention uses Conv1D, whose weight is stored transposed (in, out) compared with nn.Linear: LoRA
+    needs fan_in_fan_out=True there."""
+    return any(
+        isinstance(module, Conv1D) for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)
     )
 
 
@@ -191,3 +200,41 @@ def count_parameters(model: torch.nn.Module) -> ParameterCount:
         return ParameterCount(int(trainable), int(total))
     params = list(model.parameters())
     return ParameterCount(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+
+
+def model_folder(model: str) -> Path:
+    """The folder the model's files were loaded from: a local folder, or the Hub cache's snapshot."""
+    source = resolve_model(model)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception as err:  # not in the cache: the model was never loaded on this machine
+        raise UserError(f"model {model!r} is not in the local Hugging Face cache ({type(err).__name__}): load it once "
+                        "with network access, or give a local folder.") from None
+
+
+def base_identity(model: str, config=None) -> dict:
+    """What identifies a base model: its size, and SHA-256 digests of its config.json and weight files (as
+    stored, so the same checkpoint gives the same digest on any machine and library version)."""
+    folder = model_folder(model)
+    config = config if config is not None else AutoConfig.from_pretrained(str(folder))
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not weights:
+        raise UserError(f"{folder} holds no *.safetensors or *.bin weights.")
+    digest = hashlib.sha256()
+    for file in weights:
+        digest.update(file.name.encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return {
+        "model_type": config.model_type,
+        "num_hidden_layers": getattr(config, "num_hidden_layers", None),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "config_sha256": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
+        "weights_sha256": digest.hexdigest(),
+    }

@@ -14,10 +14,12 @@ import peft
 import torch
 import transformers
 from peft import PeftModel
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from .errors import UserError
-from .modeling import check_compatible, ensure_pad_token, load_model
+from .modeling import base_identity, check_compatible, ensure_pad_token, load_model
 
 METADATA_FILE = "peft_helpers.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -33,7 +35,7 @@ def versions() -> dict:
 
 
 def base_model_metadata(model, base_model: str, label_names: list[str]) -> dict:
-    """What an adapter needs from its base: checked again at load time."""
+    """What an adapter needs from its base: checked again at load time (`check_base`)."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     return {
         "base_model": base_model,
@@ -41,7 +43,40 @@ def base_model_metadata(model, base_model: str, label_names: list[str]) -> dict:
         "model_type": base.config.model_type,
         "vocab_size": base.get_input_embeddings().num_embeddings,
         "label_names": list(label_names),
+        "base_identity": base_identity(base_model, base.config),
     }
+
+
+def check_base(metadata: dict, base_model: str, adapter_dir) -> None:
+    """Refuse a base model that is not the one the adapter was trained on: another size (layers, width,
+    vocabulary) or other weights. Each would load without complaint and predict noise."""
+    recorded = metadata.get("base_identity")
+    if recorded is None:
+        raise UserError(f"{adapter_dir} records no base_identity (saved by an older peft_helpers): save it again.")
+    actual = base_identity(base_model)
+    sizes = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size")
+    different = {k: (recorded.get(k), actual.get(k)) for k in sizes if recorded.get(k) != actual.get(k)}
+    if different:
+        detail = ", ".join(f"{k} {a} (adapter) vs {b}" for k, (a, b) in different.items())
+        raise UserError(f"adapter {adapter_dir} was trained on {metadata['base_model']}, but {base_model} differs: "
+                        f"{detail}; load it with base_model={metadata['base_model']!r}.")
+    for key, what in (("weights_sha256", "weights"), ("config_sha256", "config.json")):
+        if recorded[key] != actual[key]:
+            raise UserError(f"adapter {adapter_dir} was trained on {metadata['base_model']}, but {base_model} has "
+                            f"other {what} (same size, different files): load it with the base model it was "
+                            "trained on.")
+
+
+def check_adapter_keys(peft_model: PeftModel, adapter_dir) -> None:
+    """Every tensor in the adapter file must have found its place in the model, and every adapter tensor of the
+    model must have come from the file (peft only warns about either)."""
+    with safe_open(str(Path(adapter_dir) / ADAPTER_WEIGHTS), framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(peft_model).keys())
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing or unexpected:
+        raise UserError(f"adapter {adapter_dir} does not fit this base model: {len(missing)} adapter weights "
+                        f"missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}).")
 
 
 def check_can_save(output_dir: str | Path, overwrite: bool) -> None:
@@ -63,6 +98,7 @@ def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: 
     if not isinstance(model, PeftModel):
         raise UserError("save_adapter expects the PeftModel from create_lora_model (not the base model).")
     target = Path(output_dir)
+    recover_interrupted_save(target)
     check_can_save(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -94,15 +130,31 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     if not target.exists():
         tmp.rename(target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    old.rmdir()
+    old = target.parent / f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
     target.rename(old)
     try:
         tmp.rename(target)
     except BaseException:
         old.rename(target)  # put the previous adapter back
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        shutil.rmtree(old)
+    except OSError as err:  # the new adapter is in place; say what is left over instead of hiding it
+        print(f"warning: the replaced adapter could not be deleted ({err}); remove {old} yourself.")
+
+
+def recover_interrupted_save(target: str | Path) -> None:
+    """A save killed between its two renames leaves the previous adapter as .<name>.old-* and no <name>: put it
+    back. Temporary folders of killed saves (.<name>.tmp-*) are incomplete: delete them."""
+    target = Path(target)
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(tmp)
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not target.exists():
+        olds.pop().rename(target)
+        print(f"Recovered {target} from a save that was interrupted.")
+    for old in olds:
+        shutil.rmtree(old)
 
 
 def read_metadata(adapter_dir: str | Path) -> dict:
@@ -132,8 +184,8 @@ def load_adapter(
 ):
     """Load a saved adapter onto a freshly loaded base model; returns (model, tokenizer, metadata).
 
-    The base defaults to the one recorded at save time. A different architecture, vocabulary or label set is
-    refused: the adapter would load without complaint and predict noise.
+    The base defaults to the one recorded at save time. Another architecture, size, weights or label set is
+    refused, and so is an adapter file whose tensors do not all fit the model.
     """
     metadata = read_metadata(adapter_dir)
     saved_labels = metadata["label_names"]
@@ -146,23 +198,41 @@ def load_adapter(
         model, _ = load_model(base_name, saved_labels, seed=0, device=device)
     finally:
         transformers.logging.set_verbosity(verbosity)
+    if type(model).__name__ != metadata["architecture"]:
+        raise UserError(
+            f"adapter {adapter_dir} was trained on {metadata['base_model']} ({metadata['architecture']}), but "
+            f"{base_name} is a {type(model).__name__}: load it with base_model={metadata['base_model']!r}."
+        )
+    check_base(metadata, base_name, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))  # the tokenizer saved with the adapter
     tokenizer.padding_side = "right"
     ensure_pad_token(tokenizer, model)
-    expected = {k: metadata[k] for k in ("architecture", "vocab_size")}
-    actual = {"architecture": type(model).__name__, "vocab_size": model.get_input_embeddings().num_embeddings}
-    if expected != actual:
-        raise UserError(
-            f"adapter {adapter_dir} was trained on {metadata['base_model']} ({expected}), but {base_name} is {actual}: "
-            f"load it with base_model={metadata['base_model']!r}."
-        )
     check_compatible(model, tokenizer)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    except RuntimeError as err:  # shape mismatches: same architecture, different size
+    except (RuntimeError, KeyError) as err:  # shape mismatches; a tensor the adapter's config needs is missing
         raise UserError(
-            f"adapter {adapter_dir} does not fit {base_name}: {str(err).splitlines()[0]} "
+            f"adapter {adapter_dir} does not fit {base_name}: {type(err).__name__} {str(err).splitlines()[0]} "
             f"(it was trained on {metadata['base_model']})."
         ) from None
+    check_adapter_keys(peft_model, adapter_dir)
     peft_model.eval()
     return peft_model, tokenizer, metadata
+
+
+def check_loaded(peft_model: PeftModel, tokenizer, adapter_dir: str | Path) -> dict:
+    """The package's checks on an adapter loaded with peft's own loaders (AutoPeftModelForSequenceClassification
+    or PeftModel.from_pretrained), as the notebook does: the recorded base and labels, every adapter tensor in
+    place, the pad token. Returns the adapter's metadata."""
+    metadata = read_metadata(adapter_dir)
+    base = peft_model.get_base_model()
+    names = [base.config.id2label[i] for i in range(base.config.num_labels)]
+    if names != metadata["label_names"]:
+        raise UserError(f"the model was loaded with labels {names}, but the adapter was trained for "
+                        f"{metadata['label_names']}: pass num_labels, id2label and label2id when loading.")
+    base_name = peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path
+    check_base(metadata, base_name, adapter_dir)
+    check_adapter_keys(peft_model, adapter_dir)
+    ensure_pad_token(tokenizer, base)
+    check_compatible(base, tokenizer)
+    return metadata

@@ -49,8 +49,8 @@ def plot_metrics(baseline: dict, finetuned: dict, ax=None):
 def plot_confusion_matrices(matrices: dict[str, list[list[int]]], label_names: list[str]):
     """Side-by-side confusion matrices, e.g. {'pretrained': cm_a, 'fine-tuned': cm_b}."""
     import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
     import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
     for ax, (title, matrix) in zip(axes[0], matrices.items()):
@@ -119,6 +119,7 @@ def parameter_bytes(model) -> int:
 def prediction_table(before, after) -> pd.DataFrame:
     """The same texts classified by two models (inference.Predictions), side by side."""
     rows = []
-    for text, label_a, probs_a, label_b, probs_b in zip(before.texts, before.labels, before.probabilities, after.labels, after.probabilities):
+    pairs = zip(before.texts, before.labels, before.probabilities, after.labels, after.probabilities)
+    for text, label_a, probs_a, label_b, probs_b in pairs:
         rows.append({"text": text, "before": f"{label_a} ({probs_a.max():.2f})", "after": f"{label_b} ({probs_b.max():.2f})"})
     return pd.DataFrame(rows)

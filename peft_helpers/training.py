@@ -1,23 +1,27 @@
-"""Training with the Hugging Face Trainer, and a length-sorted evaluation that returns predictions in order."""
+"""Training with the Hugging Face Trainer: its arguments, a seeded length-grouped sampler, checkpoints that only
+the same run may resume. Evaluation lives in evaluation.py."""
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
-from tqdm.auto import tqdm
+from datasets import DatasetDict
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
+from .compat import rng_state_loading
 from .config import RunConfig
 from .errors import UserError
-from .metrics import classification_metrics, compute_metrics
+from .metrics import compute_metrics
 from .modeling import default_device
+
+RUN_FILE = "run.json"  # in the checkpoint folder: the settings of the run its checkpoints belong to
 
 
 def device_summary() -> str:
@@ -58,7 +62,9 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class LengthGroupedTrainer(Trainer):
-    """Trainer whose training batches come from SeededLengthGroupedSampler."""
+    """The stock Trainer with one change: training batches come from SeededLengthGroupedSampler (texts of similar
+    length together, so dynamic padding adds almost nothing, in an order a resumed run replays exactly).
+    The notebook and the command line both train with it."""
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -68,8 +74,12 @@ class LengthGroupedTrainer(Trainer):
         lengths = dataset[column] if column in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
         return SeededLengthGroupedSampler(batch, list(lengths), self.args.data_seed)
 
+    def _load_rng_state(self, checkpoint):
+        with rng_state_loading():  # transformers < 4.51 with torch >= 2.6 (compat.py)
+            return super()._load_rng_state(checkpoint)
 
-class _SaveEachEpoch(TrainerCallback):
+
+class SaveEachEpoch(TrainerCallback):
     """Checkpoint at every epoch end in addition to every `save_steps` steps."""
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -77,21 +87,26 @@ class _SaveEachEpoch(TrainerCallback):
         return control
 
 
-def training_arguments(cfg: RunConfig) -> TrainingArguments:
-    if not cfg.is_resolved():
-        raise ValueError("training_arguments needs a resolved config: cfg.resolved(model.config.model_type)")
+def warmup_steps(cfg: RunConfig, train_examples: int) -> int:
+    """The warm-up as a number of steps: cfg.warmup of all optimizer steps, rounded up as the Trainer rounds a
+    ratio. A step count means the same in transformers 4.x (warmup_ratio) and 5.x (warmup_steps < 1)."""
+    steps_per_epoch = max(1, math.ceil(train_examples / cfg.batch_size))
+    return math.ceil(cfg.warmup * math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments:
+    """The TrainingArguments of a run (the notebook writes the same call out)."""
+    cfg.require_resolved()
     return TrainingArguments(
         output_dir=cfg.checkpoint_dir,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="linear",
-        warmup_steps=cfg.warmup,  # transformers 5: a float < 1 is a ratio of all steps
+        warmup_steps=warmup_steps(cfg, train_examples),
         weight_decay=0.01,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
-        # LengthGroupedTrainer replaces the training sampler; this setting still groups the per-epoch validation.
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
+        length_column_name="length",  # LengthGroupedTrainer's sampler reads the lengths tokenize() stored
         eval_strategy="epoch",
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -103,8 +118,20 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         data_seed=cfg.seed,
         report_to="none",
         use_cpu=default_device() == "cpu",
-        disable_tqdm=False,
         **mixed_precision(),
+    )
+
+
+def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> LengthGroupedTrainer:
+    return LengthGroupedTrainer(
+        model=model,
+        args=training_arguments(cfg, len(data["train"])),
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[SaveEachEpoch()],
     )
 
 
@@ -126,39 +153,54 @@ def checkpoints(folder: str | Path) -> list[Path]:
     return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[-1]))
 
 
-def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume: bool = False, fresh: bool = False) -> TrainResult:
-    """Train on data['train'], evaluating on data['validation'] after each epoch.
+def prepare_checkpoints(cfg: RunConfig, resume: bool = False, fresh: bool = False) -> str | None:
+    """Where training starts; call it before any slow work. Returns the checkpoint to resume from, or None.
 
-    Checkpoints go to cfg.checkpoint_dir. If checkpoints of an interrupted run are there, `resume=True`
-    continues from the last one and `fresh=True` deletes them; with neither, nothing is touched and the
-    user is asked to choose, so an interrupted run is never thrown away by accident.
+    Checkpoints of an interrupted run are kept unless `fresh` (then deleted). `resume` continues only a run with
+    the same settings (recorded in run.json); with neither, the user is asked to choose, so an interrupted run is
+    never thrown away or continued with other settings by accident.
     """
-    cfg = cfg.resolved(model.config.model_type)
+    cfg.require_resolved()
     found = checkpoints(cfg.checkpoint_dir)
     if found and not resume and not fresh:
         raise UserError(
             f"{cfg.checkpoint_dir} holds checkpoints of an interrupted run ({found[-1].name}): pass --resume to "
             "continue it, or --overwrite to start again (this deletes them)."
         )
-    if fresh and Path(cfg.checkpoint_dir).exists():
-        shutil.rmtree(cfg.checkpoint_dir)
-    if resume and not found:
+    if fresh:
+        if Path(cfg.checkpoint_dir).exists():
+            shutil.rmtree(cfg.checkpoint_dir)
+        return None
+    if not resume:
+        return None
+    if not found:
         print(f"No checkpoint in {cfg.checkpoint_dir}: starting from the beginning.")
-    last = str(found[-1]) if resume and found else None
-    if last:
-        print(f"Resuming from {last}")
-    trainer = LengthGroupedTrainer(
-        model=model,
-        args=training_arguments(cfg),
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        callbacks=[_SaveEachEpoch()],
-    )
+        return None
+    record = Path(cfg.checkpoint_dir) / RUN_FILE
+    if not record.is_file():
+        raise UserError(f"{cfg.checkpoint_dir} has no {RUN_FILE}, so its settings are unknown: start again with "
+                        "--overwrite.")
+    recorded, current = json.loads(record.read_text()), json.loads(json.dumps(cfg.run_identity()))
+    changed = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {recorded.get(k)!r} then, {current.get(k)!r} now" for k in changed)
+        raise UserError(f"--resume needs the interrupted run's settings, but they differ ({detail}): use the same "
+                        "settings, or --overwrite to start again.")
+    print(f"Resuming from {found[-1]}")
+    return str(found[-1])
+
+
+def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str | None = None) -> TrainResult:
+    """Train on data['train'], evaluating on data['validation'] after each epoch; checkpoints go to
+    cfg.checkpoint_dir (with run.json, the settings a resume must match). `resume_from` comes from
+    prepare_checkpoints."""
+    cfg.require_resolved()
+    trainer = build_trainer(model, tokenizer, data, cfg)
+    folder = Path(cfg.checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_FILE).write_text(json.dumps(cfg.run_identity(), indent=2))
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=last)
+    output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     return TrainResult(trainer, seconds, float(output.metrics.get("train_samples_per_second", 0.0)), trainer.state.log_history)
 
@@ -166,56 +208,3 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume: bool = Fa
 def remove_checkpoints(cfg: RunConfig) -> None:
     """After the adapter is safely saved the intermediate checkpoints are no longer needed."""
     shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
-
-
-@dataclass
-class EvalResult:
-    metrics: dict
-    logits: np.ndarray  # (n, num_labels), in the dataset's order
-    predictions: np.ndarray
-    labels: np.ndarray
-    seconds: float
-
-    @property
-    def samples_per_second(self) -> float:
-        return len(self.labels) / self.seconds if self.seconds else 0.0
-
-
-@torch.inference_mode()
-def predict_logits(model, tokenizer, dataset: Dataset, batch_size: int = 32, desc: str = "Predicting") -> np.ndarray:
-    """Logits for every row, computed on length-sorted batches (almost no padding) and returned in the
-    dataset's original order."""
-    if len(dataset) == 0:
-        raise UserError("cannot evaluate an empty dataset.")
-    lengths = np.array(dataset["length"]) if "length" in dataset.column_names else np.array(
-        [len(ids) for ids in dataset["input_ids"]]
-    )
-    order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory error shows up at once
-    features = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
-    rows = dataset.select_columns(features).select(order)
-    collator = DataCollatorWithPadding(tokenizer)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    chunks = []
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
-        columns = rows[start : start + batch_size]
-        batch = collator([dict(zip(columns, values)) for values in zip(*columns.values())])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        chunks.append(model(**batch).logits.float().cpu().numpy())
-    model.train(was_training)
-    sorted_logits = np.concatenate(chunks)
-    logits = np.empty_like(sorted_logits)
-    logits[order] = sorted_logits
-    return logits
-
-
-def evaluate(model, tokenizer, dataset: Dataset, batch_size: int = 32, desc: str = "Evaluating") -> EvalResult:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix of `model` on a tokenized split."""
-    start = time.perf_counter()
-    logits = predict_logits(model, tokenizer, dataset, batch_size, desc)
-    seconds = time.perf_counter() - start
-    labels = np.array(dataset["label"])
-    predictions = logits.argmax(-1)
-    metrics = classification_metrics(labels, predictions, num_labels=logits.shape[-1])
-    return EvalResult(metrics, logits, predictions, labels, seconds)

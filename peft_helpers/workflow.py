@@ -1,6 +1,6 @@
-"""The whole workflow in one function: data -> baseline -> LoRA training -> save -> reload -> evaluate -> compare.
-
-The notebook runs the same steps one cell at a time; this is what the command line calls.
+"""The whole workflow as short named steps: resolve -> check -> prepare -> baseline -> add LoRA -> train -> save ->
+reload and check -> report. `run` chains them for the command line; the notebook runs the same steps one cell
+at a time, spelling out the transformers and peft calls.
 """
 
 from __future__ import annotations
@@ -11,19 +11,32 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from datasets import DatasetDict
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, set_seed
 
 from .config import RunConfig
 from .data import label_names, load_data, subsample, tokenize
-from .modeling import count_parameters, create_lora_model, load_config, load_model
+from .evaluation import EvalResult, check_reload, evaluate
+from .modeling import ParameterCount, count_parameters, create_lora_model, load_config, load_model
 from .offline import offline_model_name
-from .persistence import base_model_metadata, check_can_save, load_adapter, make_shareable, save_adapter, versions
+from .persistence import (
+    base_model_metadata,
+    check_can_save,
+    load_adapter,
+    make_shareable,
+    recover_interrupted_save,
+    save_adapter,
+    versions,
+)
 from .reporting import format_comparison, learning_curve
-from .training import device_summary, evaluate, remove_checkpoints, train
+from .training import TrainResult, device_summary, prepare_checkpoints, remove_checkpoints, train
 
 RESULTS_FILE = "results.json"
+# The TrainingArguments that decide what a run computes; recorded with the adapter, so runs from the notebook and
+# the command line can be compared (tests/test_notebook.py does).
+TRAINING_KEYS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                 "warmup_steps", "lr_scheduler_type", "weight_decay", "seed", "data_seed", "length_column_name",
+                 "eval_strategy", "bf16", "fp16")
 
 
 def dataset_name(cfg: RunConfig) -> str:
@@ -49,11 +62,25 @@ def write_json(path: str | Path, payload: dict) -> Path:
     return path
 
 
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill in the settings tuned for the model's architecture, reading only its config.json (no weights)."""
+    return cfg if cfg.is_resolved() else cfg.resolved(load_config(cfg.model).model_type)
+
+
+def check_before_work(cfg: RunConfig, overwrite: bool, resume: bool) -> str | None:
+    """Every refusal that does not need the data or the weights, before anything slow: an adapter already in
+    output_dir (only --overwrite replaces it; --resume never does), checkpoints of an interrupted run (--resume
+    continues them if the settings match, --overwrite deletes them). Returns the checkpoint to resume from."""
+    recover_interrupted_save(cfg.output_dir)
+    check_can_save(cfg.output_dir, overwrite)
+    return prepare_checkpoints(cfg, resume=resume, fresh=overwrite and not resume)
+
+
 @dataclass
 class Prepared:
     """Everything a run starts from."""
 
-    cfg: RunConfig  # with the architecture's tuned defaults filled in
+    cfg: RunConfig  # resolved: the architecture's tuned defaults filled in
     data: DatasetDict  # text and labels, subset as configured
     encoded: DatasetDict  # the same rows, tokenized
     model: PreTrainedModel  # pretrained body with a new, seeded classification head
@@ -62,57 +89,66 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
-    """Load and subset the data, load the model for its labels, resolve the tuned settings, tokenize."""
-    data = subsample(load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
+    """Resolve the settings (once), load and subset the data, load the model for its labels, tokenize."""
+    cfg = resolve(cfg)
+    data = subsample(load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed), cfg.train_size,
+                     cfg.eval_size, cfg.seed)
     names = label_names(data)
     model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device)
-    cfg = cfg.resolved(model.config.model_type)
     return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length), model, tokenizer, names)
 
 
-def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_path: str | None = None) -> dict:
-    """Run every step and return the results dict (also written to <output_dir>/results.json)."""
-    check_can_save(cfg.output_dir, overwrite or resume)  # fail before training, not after it
-    load_config(cfg.model)  # a bad model name fails here, before data is read
-    set_seed(cfg.seed)
-    print(f"Device: {device_summary()}")
-    p = prepare(cfg)
-    cfg, data, encoded, model, tokenizer, names = p.cfg, p.data, p.encoded, p.model, p.tokenizer, p.label_names
-    print(f"Data: {dataset_name(cfg)}: " + ", ".join(f"{s} {len(d):,}" for s, d in data.items()) + f"; labels {names}")
+def describe(p: Prepared) -> None:
+    cfg = p.cfg
+    print(f"Data: {dataset_name(cfg)}: " + ", ".join(f"{s} {len(d):,}" for s, d in p.data.items()) + f"; labels {p.label_names}")
     print(f"Settings: epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}, r={cfg.r}, alpha={cfg.alpha}, "
           f"target_modules={cfg.target_modules or 'default'}")
 
-    baseline = evaluate(model, tokenizer, encoded["test"], cfg.batch_size, desc="Evaluating pretrained")
-    print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
 
-    peft_model = create_lora_model(model, cfg)
-    params = count_parameters(peft_model)
-    print(params)
-    trained = train(peft_model, tokenizer, encoded, cfg, resume=resume, fresh=overwrite)
-    in_memory = evaluate(peft_model, tokenizer, encoded["test"], cfg.batch_size, desc="Evaluating fine-tuned")
+def training_record(trainer: Trainer) -> dict:
+    """The training arguments that matter, and how batches are made (trainer and collator classes)."""
+    args = trainer.args.to_dict()
+    return {**{k: args[k] for k in TRAINING_KEYS}, "trainer": type(trainer).__name__,
+            "data_collator": type(trainer.data_collator).__name__}
 
-    metadata = {
+
+def adapter_metadata(peft_model, cfg: RunConfig, names: list[str], trainer: Trainer, baseline: dict,
+                     finetuned: dict) -> dict:
+    """What save_adapter writes to peft_helpers.json (the notebook calls this too)."""
+    return {
         **base_model_metadata(peft_model, portable_model_name(cfg.model), names),
         "config": cfg.to_dict(),
-        "metrics": {"baseline": baseline.metrics, "finetuned": in_memory.metrics},
+        "training_arguments": training_record(trainer),
+        "metrics": {"baseline": baseline, "finetuned": finetuned},
     }
-    adapter_dir = save_adapter(peft_model, tokenizer, cfg.output_dir, metadata, overwrite=overwrite or resume)
-    remove_checkpoints(cfg)
+
+
+def save(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, in_memory: EvalResult,
+         overwrite: bool) -> Path:
+    metadata = adapter_metadata(peft_model, p.cfg, p.label_names, trained.trainer, baseline.metrics, in_memory.metrics)
+    adapter_dir = save_adapter(peft_model, p.tokenizer, p.cfg.output_dir, metadata, overwrite=overwrite)
+    remove_checkpoints(p.cfg)
     print(f"Adapter saved to {adapter_dir}")
+    return adapter_dir
 
+
+def reload_and_check(adapter_dir: Path, p: Prepared, in_memory: EvalResult) -> tuple[EvalResult, float]:
+    """Load the saved adapter from disk as a user would and evaluate it; it must reproduce the trained model."""
     reloaded, reloaded_tokenizer, _ = load_adapter(adapter_dir)
-    finetuned = evaluate(reloaded, reloaded_tokenizer, encoded["test"], cfg.batch_size, desc="Evaluating reloaded")
-    max_diff = float(np.abs(finetuned.logits - in_memory.logits).max())
-    if max_diff > 1e-4:
-        raise RuntimeError(f"the reloaded adapter's logits differ from the trained model's by {max_diff:g}")
+    finetuned = evaluate(reloaded, reloaded_tokenizer, p.encoded["test"], p.cfg.batch_size, desc="Evaluating reloaded")
+    return finetuned, check_reload(finetuned, in_memory)
 
-    results = {
+
+def results_dict(p: Prepared, baseline: EvalResult, finetuned: EvalResult, params: ParameterCount,
+                 trained: TrainResult, max_diff: float, adapter_dir: Path) -> dict:
+    cfg = p.cfg
+    return {
         "model": cfg.model,
         "dataset": dataset_name(cfg),
         "eval_split": "test",
-        "train_size": len(data["train"]),
-        "eval_size": len(data["test"]),
-        "label_names": names,
+        "train_size": len(p.data["train"]),
+        "eval_size": len(p.data["test"]),
+        "label_names": p.label_names,
         "baseline": baseline.metrics,
         "finetuned": finetuned.metrics,
         "trainable_params": params.trainable,
@@ -126,8 +162,33 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         "seed": cfg.seed,
         "versions": versions(),
         "config": cfg.to_dict(),
+        "training_arguments": training_record(trained.trainer),
         "learning_curve": learning_curve(trained.log_history),
     }
+
+
+def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_path: str | None = None) -> dict:
+    """Run every step and return the results dict (also written to <output_dir>/results.json)."""
+    cfg = resolve(cfg)
+    resume_from = check_before_work(cfg, overwrite, resume)
+    set_seed(cfg.seed)
+    print(f"Device: {device_summary()}")
+    p = prepare(cfg)
+    describe(p)
+
+    baseline = evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.batch_size, desc="Evaluating pretrained")
+    print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
+
+    peft_model = create_lora_model(p.model, cfg)
+    params = count_parameters(peft_model)
+    print(params)
+    trained = train(peft_model, p.tokenizer, p.encoded, cfg, resume_from=resume_from)
+    in_memory = evaluate(peft_model, p.tokenizer, p.encoded["test"], cfg.batch_size, desc="Evaluating fine-tuned")
+
+    adapter_dir = save(p, peft_model, trained, baseline, in_memory, overwrite)
+    finetuned, max_diff = reload_and_check(adapter_dir, p, in_memory)
+
+    results = results_dict(p, baseline, finetuned, params, trained, max_diff, adapter_dir)
     write_json(Path(adapter_dir) / RESULTS_FILE, results)
     if results_path:
         write_json(results_path, results)

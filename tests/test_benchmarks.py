@@ -5,7 +5,6 @@ import json
 import sys
 
 import torch
-
 from conftest import ROOT, make_tiny_bert
 
 

@@ -1,13 +1,13 @@
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 from peft_helpers.cli import main
-
-from conftest import ROOT
 
 KEYS = {"model", "dataset", "train_size", "eval_size", "baseline", "finetuned", "trainable_params", "total_params",
         "train_seconds", "adapter_dir"}
@@ -67,17 +67,7 @@ def csv(tmp_path):
     return write
 
 
-def test_cli_bad_inputs_exit_2_with_one_line(capsys, csv, tiny_gpt2, tmp_path, in_tmp):
-    good = ["great fun,pos", "dull and slow,neg"] * 20
-    model = ["--model", str(tiny_gpt2)]
-    assert "no column 'label'" in _fails(capsys, "run", *model, "--data-dir", csv(good, "text,stars"))
-    assert "empty or missing text" in _fails(capsys, "run", *model, "--data-dir", csv(good + ["   ,pos"]))
-    assert "not in the label set" in _fails(capsys, "run", *model, "--data-dir", _split_folder(tmp_path))
-    assert "not a model folder" in _fails(capsys, "run", "--model", str(tmp_path), "--data-dir", csv(good))
-    assert "train_size=0" in _fails(capsys, "run", "--train-size", "0")
-    assert "does not exist" in _fails(capsys, "run", "--data-dir", str(tmp_path / "nowhere"))
-    assert "split has 32" in _fails(capsys, "run", *model, "--data-dir", csv(good), "--train-size", "1000")
-    assert not (in_tmp / "saved_adapters").exists()  # nothing was written
+GOOD = ["great fun,pos", "dull and slow,neg"] * 20
 
 
 def _split_folder(tmp_path):
@@ -86,6 +76,28 @@ def _split_folder(tmp_path):
     (folder / "train.csv").write_text("text,label\n" + "\n".join(f"t{i},{'pos' if i % 2 else 'neg'}" for i in range(10)))
     (folder / "test.csv").write_text("text,label\nfine,pos\nhmm,meh\n")
     return str(folder)
+
+
+BAD_INPUTS = {
+    "missing-label-column": (lambda t, csv: ["--data-dir", csv(GOOD, "text,stars")], "no column 'label'"),
+    "empty-text": (lambda t, csv: ["--data-dir", csv(GOOD + ["   ,pos"])], "empty or missing text"),
+    "unknown-test-label": (lambda t, csv: ["--data-dir", _split_folder(t)], r"labels \['meh'\] that are not in"),
+    "mixed-labels": (lambda t, csv: ["--data-dir", csv(GOOD + ["odd one,1"])], "labels mix kinds"),
+    "train-size-too-large": (lambda t, csv: ["--data-dir", csv(GOOD), "--train-size", "1000"], "split has 32"),
+    "train-size-zero": (lambda t, csv: ["--train-size", "0"], "train_size=0"),
+    "no-data-dir": (lambda t, csv: ["--data-dir", str(t / "nowhere")], "does not exist"),
+    "not-a-model-folder": (lambda t, csv: ["--model", str(t), "--data-dir", csv(GOOD)], "not a model folder"),
+    "no-network-for-hub-data": (lambda t, csv: [], "Hub is unreachable.*--data-dir"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_cli_bad_input_exits_2_with_one_line(case, capsys, csv, tiny_gpt2, tmp_path, in_tmp):
+    make_args, message = BAD_INPUTS[case]
+    args = make_args(tmp_path, csv)
+    model = [] if "--model" in args else ["--model", str(tiny_gpt2)]
+    assert re.search(message, _fails(capsys, "run", *model, *args))
+    assert not (in_tmp / "saved_adapters").exists()  # nothing was written
 
 
 def test_cli_refuses_to_overwrite_before_training(capsys, tiny_gpt2, rt_dir, in_tmp):
@@ -100,6 +112,21 @@ def test_cli_refuses_to_overwrite_before_training(capsys, tiny_gpt2, rt_dir, in_
 def test_usage_and_unknown_command(capsys):
     assert main([]) == 2 and "usage" in capsys.readouterr().err
     assert main(["--help"]) == 0 and "commands" in capsys.readouterr().out
+    assert main(["trian", "--model", "gpt2"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown command 'trian': use one of run, demo, predict, data (--help lists them)."
+
+
+def test_unsupported_library_version_is_one_line(capsys, monkeypatch):
+    from packaging.version import Version
+
+    from peft_helpers import cli, environment
+
+    real = environment.installed_version
+    monkeypatch.setattr(environment, "installed_version", lambda name: Version("4.40.0") if name == "transformers" else real(name))
+    assert cli.main(["data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unsupported library versions (transformers 4.40.0 installed, <6,>=4.46 needed)")
+    assert err.endswith("run pip install -U -r " + str(environment.REQUIREMENTS)) and "\n" not in err
 
 
 def test_demo_settings_online_and_offline(rt_dir, monkeypatch):
@@ -123,5 +150,64 @@ def test_predict_command(capsys, tiny_gpt2, rt_dir, tmp_path):
     capsys.readouterr()
     assert main(["predict", str(out), "a fine film", "an awful film"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].split()[0] in {"neg", "pos"} and "p(pos)=" in lines[0]
+    from peft_helpers.inference import predict
+    from peft_helpers.persistence import load_adapter
+
+    expected = predict(*load_adapter(out)[:2], ["a fine film", "an awful film"])
+    assert len(lines) == 2
+    for line, row in zip(lines, expected.records()):
+        assert line.split()[0] == row["label"]
+        assert f"p(neg)={row['p(neg)']:.3f}, p(pos)={row['p(pos)']:.3f}" in line
     assert main(["predict", str(tmp_path / "nothing"), "text"]) == 2
+
+
+def test_demo_command_runs_offline(tiny_gpt2, rt_dir, in_tmp, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    small = in_tmp / "small"
+    small.mkdir()
+    for kind in ("pos", "neg"):  # 100 reviews of each kind, so the demo's full-data run takes seconds
+        lines = (rt_dir / f"rt-polarity.{kind}").read_bytes().splitlines()[:100]
+        (small / f"rt-polarity.{kind}").write_bytes(b"\n".join(lines))
+    assert main(["demo", "--model", str(tiny_gpt2), "--local-data", str(small)]) == 0
+    out = capsys.readouterr().out
+    assert f"Demo: model={tiny_gpt2}, data={small}" in out
+    results = json.loads((in_tmp / "saved_adapters" / "demo" / "results.json").read_text())
+    assert (results["train_size"], results["eval_size"]) == (160, 20)
+
+
+def test_tiny_bert_end_to_end_on_a_csv(tmp_path, in_tmp):
+    """The path `make demo` takes offline (a BERT-style model), on a local CSV, through the command line."""
+    from conftest import make_tiny_bert
+
+    bert = make_tiny_bert(tmp_path / "bert")
+    rows = [f"{'good film' if i % 2 else 'bad film'},{'pos' if i % 2 else 'neg'}" for i in range(200)]
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows))
+    assert main(["run", "--model", str(bert), "--data-dir", str(tmp_path / "reviews.csv"), "--batch-size", "8",
+                 "--learning-rate", "1e-2", "--output-dir", str(tmp_path / "adapter")]) == 0
+    results = json.loads((tmp_path / "adapter" / "results.json").read_text())
+    assert results["config"]["epochs"] == 3 and results["config"]["r"] == 16  # BERT-family tuned defaults
+    assert results["finetuned"]["accuracy"] == 1.0  # "good film" vs "bad film" is learnable even for this model
+    assert results["reload_max_logit_diff"] <= 1e-5
+
+
+def test_training_changes_the_adapter(tiny_gpt2, rt_dir, tmp_path):
+    """LoRA's B matrices start at zero: after training they must be non-zero, or nothing was learned (reload and
+    resume tests would pass even if the optimizer did nothing)."""
+    from safetensors.torch import load_file
+
+    from peft_helpers.config import RunConfig
+    from peft_helpers.modeling import create_lora_model, load_model
+
+    assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size",
+                 "16", "--batch-size", "8", "--learning-rate", "1e-2", "--output-dir", str(tmp_path / "a"),
+                 "--checkpoint-dir", str(tmp_path / "runs")]) == 0
+    trained = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=42, device="cpu")
+    create_lora_model(model, RunConfig(model=str(tiny_gpt2)).resolved("gpt2")).save_pretrained(tmp_path / "b")
+    initial = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert trained.keys() == initial.keys()
+    lora_b = [k for k in trained if "lora_B" in k]
+    assert lora_b and all(initial[k].abs().max() == 0 for k in lora_b)
+    assert all(trained[k].abs().max() > 0 for k in lora_b)
+    head = [k for k in trained if "score" in k]
+    assert head and not torch.equal(trained[head[0]], initial[head[0]])

@@ -1,12 +1,11 @@
 import pytest
 import torch
+from conftest import GPT2_TOKENIZER, make_tiny_bert
 from transformers import AutoTokenizer
 
 from peft_helpers.config import RunConfig
 from peft_helpers.errors import UserError
-from peft_helpers.modeling import count_parameters, create_lora_model, lora_config, load_model
-
-from conftest import GPT2_TOKENIZER, make_tiny_bert
+from peft_helpers.modeling import count_parameters, create_lora_model, load_model, lora_config
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def test_gpt2_gets_a_pad_token_and_batches_match_single_rows(tiny):
 def test_lora_on_gpt2_conv1d_and_parameter_counts(tiny):
     model, _ = tiny
     base_total = sum(p.numel() for p in model.parameters())
-    cfg = RunConfig(model="x", r=4)
+    cfg = RunConfig(model="x", r=4).resolved("gpt2")
     config = lora_config(model, cfg)
     assert set(config.target_modules) == {"c_attn"} and config.fan_in_fan_out is True
     assert config.modules_to_save == ["score"]
@@ -50,11 +49,11 @@ def test_lora_on_gpt2_conv1d_and_parameter_counts(tiny):
 def test_bert_style_targets(tmp_path):
     make_tiny_bert(tmp_path)
     model, _ = load_model(str(tmp_path), ["a", "b", "c"], device="cpu")
-    config = lora_config(model, RunConfig(model="x"))
+    config = lora_config(model, RunConfig(model="x").resolved("bert"))
     assert set(config.target_modules) == {"query", "value"} and config.fan_in_fan_out is False
     assert config.modules_to_save == ["classifier"]
     with pytest.raises(UserError, match="match no module"):
-        lora_config(model, RunConfig(model="x", target_modules=["c_attn"]))
+        lora_config(model, RunConfig(model="x", target_modules=["c_attn"]).resolved("bert"))
 
 
 def test_bad_models_give_clear_errors(tmp_path, tiny_gpt2):

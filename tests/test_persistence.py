@@ -5,15 +5,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from conftest import ROOT, make_tiny_bert, make_tiny_gpt2
 
 from peft_helpers.config import RunConfig
 from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
 from peft_helpers.errors import UserError
+from peft_helpers.evaluation import predict_logits
 from peft_helpers.modeling import create_lora_model, load_model
 from peft_helpers.persistence import METADATA_FILE, base_model_metadata, load_adapter, save_adapter
-from peft_helpers.training import predict_logits, train
-
-from conftest import ROOT, make_tiny_bert, make_tiny_gpt2
+from peft_helpers.training import train
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def trained(tiny_gpt2, rt_dir, tmp_path_factory):
     """A tiny GPT-2 LoRA model trained for one short epoch, and the data it was evaluated on."""
     work = tmp_path_factory.mktemp("trained")
     cfg = RunConfig(model=str(tiny_gpt2), train_size=64, eval_size=32, batch_size=8, learning_rate=1e-3,
-                    output_dir=str(work / "adapter"), checkpoint_dir=str(work / "runs"))
+                    output_dir=str(work / "adapter"), checkpoint_dir=str(work / "runs")).resolved("gpt2")
     data = subsample(load_rotten_tomatoes(rt_dir), cfg.train_size, cfg.eval_size, cfg.seed)
     model, tokenizer = load_model(cfg.model, ["neg", "pos"], cfg.seed, device="cpu")
     encoded = tokenize(data, tokenizer, cfg.max_length)
@@ -60,7 +61,7 @@ def test_reload_in_a_fresh_process_gives_identical_logits(trained, tmp_path):
 import numpy as np
 from datasets import load_from_disk
 from peft_helpers.persistence import load_adapter
-from peft_helpers.training import predict_logits
+from peft_helpers.evaluation import predict_logits
 model, tokenizer, _ = load_adapter({str(folder)!r}, device="cpu")
 np.save({str(tmp_path / "reloaded.npy")!r}, predict_logits(model, tokenizer, load_from_disk({str(tmp_path / "test")!r}), 5))
 """
@@ -100,16 +101,57 @@ def test_failed_write_keeps_the_previous_adapter(trained, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # the temporary folder is gone
 
 
-def test_mismatched_base_or_labels_are_refused(trained, tmp_path):
+def test_other_labels_are_refused(trained, tmp_path):
     folder = _save(trained, tmp_path / "adapter")
     with pytest.raises(UserError, match=r"trained for labels \['neg', 'pos'\], not \['bad', 'good'\]"):
         load_adapter(folder, label_names=["bad", "good"])
-    wider = make_tiny_gpt2(tmp_path / "wider-gpt2", n_embd=48)
-    with pytest.raises(UserError, match="does not fit"):
-        load_adapter(folder, base_model=str(wider))
+
+
+@pytest.mark.parametrize("other, message", [
+    (dict(n_embd=48), r"differs: hidden_size 32 \(adapter\) vs 48"),
+    (dict(n_layer=1), r"differs: num_hidden_layers 2 \(adapter\) vs 1"),
+    (dict(seed=1), r"has other weights \(same size, different files\)"),
+], ids=["wider", "fewer-layers", "same-shapes-other-weights"])
+def test_another_base_model_is_refused(trained, tmp_path, other, message):
+    folder = _save(trained, tmp_path / "adapter")
+    base = make_tiny_gpt2(tmp_path / "other-gpt2", **other)
+    with pytest.raises(UserError, match=message):
+        load_adapter(folder, base_model=str(base))
+
+
+def test_another_architecture_is_refused(trained, tmp_path):
+    folder = _save(trained, tmp_path / "adapter")
     bert = make_tiny_bert(tmp_path / "bert")
     with pytest.raises(UserError, match="was trained on .*GPT2ForSequenceClassification.*BertForSequenceClassification"):
         load_adapter(folder, base_model=str(bert))
+
+
+def test_adapter_file_with_extra_or_missing_tensors_is_refused(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _save(trained, tmp_path / "adapter")
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    extra = {**weights, "base_model.model.transformer.h.7.attn.c_attn.lora_A.weight": torch.zeros(8, 32)}
+    save_file(extra, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(UserError, match=r"0 adapter weights missing .*1 unexpected"):
+        load_adapter(folder)
+    for missing in ("lora_A", "score"):  # peft itself only warns about the first and raises a KeyError on the second
+        dropped = next(k for k in sorted(weights) if missing in k)
+        fewer = {k: v for k, v in weights.items() if k != dropped}
+        save_file(fewer, str(folder / "adapter_model.safetensors"))
+        with pytest.raises(UserError, match=r"1 adapter weights missing|does not fit .*KeyError"):
+            load_adapter(folder)
+
+
+def test_interrupted_swap_is_recovered_on_the_next_save(trained, tmp_path):
+    folder = _save(trained, tmp_path / "adapter")
+    (folder / "marker.txt").write_text("old")
+    folder.rename(tmp_path / ".adapter.old-abc")  # killed between the two renames of a save
+    (tmp_path / ".adapter.tmp-def").mkdir()  # and a half-written temporary folder
+    with pytest.raises(UserError, match="already holds an adapter"):  # the old adapter is back, and protected
+        _save(trained, tmp_path / "adapter")
+    assert (folder / "marker.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
 def test_only_safetensors_adapters_with_metadata_are_loaded(trained, tmp_path):

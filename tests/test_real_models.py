@@ -19,7 +19,7 @@ def test_minilm_lora_learns_rotten_tomatoes(rt_dir, in_tmp):
 
 
 def test_smollm2_converts_and_trains_with_llama_targets(rt_dir, in_tmp):
-    from peft_helpers.modeling import lora_config, load_model
+    from peft_helpers.modeling import load_model, lora_config
     from peft_helpers.offline import offline_model_path
 
     folder = offline_model_path("smollm2")

@@ -8,11 +8,10 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT
 from safetensors.torch import load_file
 
 from peft_helpers.cli import main
-
-from conftest import ROOT
 
 # Loaded into the killed CLI process only (via PYTHONPATH): slows each training step so that the test can
 # kill the process mid-training, after a checkpoint, deterministically enough.
@@ -61,7 +60,7 @@ def test_same_seed_same_results(reference, tiny_gpt2, rt_dir, tmp_path):
     assert results["seed"] == 42 and "torch" in results["versions"] and results["device"].startswith("cpu")
 
 
-def test_killed_run_resumes_to_the_same_result(reference, tiny_gpt2, rt_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_result(reference, tiny_gpt2, rt_dir, tmp_path, capsys):
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SLOW_STEPS)
@@ -79,7 +78,11 @@ def test_killed_run_resumes_to_the_same_result(reference, tiny_gpt2, rt_dir, tmp
 
     # Without --resume the interrupted run is neither resumed nor thrown away silently.
     assert main(_cmd(tiny_gpt2, rt_dir, tmp_path, "c")[3:]) == 2
+    assert "holds checkpoints of an interrupted run (checkpoint-9): pass --resume" in capsys.readouterr().err
     assert (runs / "checkpoint-9").is_dir()
+    # --resume with other settings would continue a different run: refused, naming the settings.
+    assert main(_cmd(tiny_gpt2, rt_dir, tmp_path, "c", "--resume", "--seed", "7")[3:]) == 2
+    assert "--resume needs the interrupted run's settings, but they differ (seed: 42 then, 7 now)" in capsys.readouterr().err
 
     proc = subprocess.run(_cmd(tiny_gpt2, rt_dir, tmp_path, "c", "--resume"), cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,3 +91,24 @@ def test_killed_run_resumes_to_the_same_result(reference, tiny_gpt2, rt_dir, tmp
     assert results["finetuned"] == reference[0]["finetuned"]
     _same_weights(weights, reference[1])
     assert not runs.exists()
+
+
+def test_resume_never_replaces_a_finished_adapter(reference, tiny_gpt2, rt_dir, tmp_path, capsys):
+    subprocess.run(_cmd(tiny_gpt2, rt_dir, tmp_path, "d", "--seed", "1"), cwd=ROOT, check=True, capture_output=True)
+    before = (tmp_path / "d" / "adapter_model.safetensors").read_bytes()
+    assert main(_cmd(tiny_gpt2, rt_dir, tmp_path, "d", "--seed", "2", "--resume")[3:]) == 2
+    assert "already holds an adapter: pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "d" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_leftover_checkpoints_are_refused_before_any_slow_work(tiny_gpt2, rt_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "runs-e" / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / "runs-e" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    import peft_helpers.workflow as workflow
+
+    def no_slow_work(*args, **kwargs):
+        raise AssertionError("data or model loaded before the checkpoint check")
+
+    monkeypatch.setattr(workflow, "prepare", no_slow_work)
+    assert main(_cmd(tiny_gpt2, rt_dir, tmp_path, "e")[3:]) == 2
+    assert "holds checkpoints of an interrupted run" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import torch
 
 from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
 from peft_helpers.errors import UserError
+from peft_helpers.evaluation import evaluate, predict_logits
 from peft_helpers.inference import predict
 from peft_helpers.modeling import load_model
 from peft_helpers.reporting import (
@@ -14,7 +15,6 @@ from peft_helpers.reporting import (
     prediction_table,
     training_curves,
 )
-from peft_helpers.training import evaluate, predict_logits
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,47 @@
+"""The supported-version check behind the notebook's set-up cell and the command line."""
+
+import pytest
+from packaging.version import Version
+
+from peft_helpers import environment
+
+
+def test_requirements_declare_the_supported_range():
+    ranges = {r.name: str(r.specifier) for r in environment.requirements()}
+    assert ranges["transformers"] == "<6,>=4.46" and ranges["peft"] == "<1,>=0.13" and ranges["datasets"] == "<6,>=2.20"
+    assert "torch" not in ranges  # never installed by the set-up step
+
+
+def test_installed_versions_are_supported():
+    assert environment.problems() == {} and environment.torch_problem() is None
+
+
+@pytest.mark.parametrize("versions, expected", [
+    ({"transformers": Version("4.40.0")}, {"transformers": "4.40.0 installed, <6,>=4.46 needed"}),
+    ({"peft": None}, {"peft": "missing"}),
+    ({"transformers": Version("4.46.0"), "peft": Version("0.13.0"), "datasets": Version("2.20.0")}, {}),
+    ({"transformers": Version("6.0.0")}, {"transformers": "6.0.0 installed, <6,>=4.46 needed"}),
+], ids=["too-old", "missing", "oldest-supported", "too-new"])
+def test_problems_name_each_package(versions, expected):
+    installed = {r.name: environment.installed_version(r.name) for r in environment.requirements()}
+    assert environment.problems(versions={**installed, **versions}) == expected
+
+
+def test_old_torch_is_reported_not_installed():
+    assert "older than 2.4" in environment.torch_problem(Version("2.3.1"))
+    assert environment.torch_problem(Version("2.4.0+cu121")) is None
+
+
+def test_install_command_pins_the_installed_torch():
+    command = environment.install_command()
+    assert command[-1].startswith("torch==") and "-r" in command
+
+
+def test_ensure_supported_installs_and_asks_for_a_restart(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(environment, "problems", lambda path=None: {"peft": "0.12.0 installed, <1,>=0.13 needed"})
+    monkeypatch.setattr(environment.subprocess, "check_call", calls.append)
+    assert environment.ensure_supported() is False
+    assert calls and calls[0][-1].startswith("torch==")
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and "restart the runtime" in out and "peft" in out
