@@ -27,7 +27,7 @@ def test_smollm2_converts_and_trains_with_llama_targets(rt_dir, in_tmp):
     model, tokenizer = load_model("smollm2", ["neg", "pos"], device="cpu")
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert tokenizer.pad_token is not None and model.config.pad_token_id == tokenizer.pad_token_id
-    config = lora_config(model, RunConfig(model="smollm2"))
+    config = lora_config(model, RunConfig(model="smollm2").resolved("llama"))
     assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert not config.fan_in_fan_out
     assert config.modules_to_save == ["score"]
