@@ -17,7 +17,7 @@ commands:
   run      load data, evaluate the pretrained model, train LoRA, save, reload, evaluate, compare
   demo     `run` with the demo settings: GPT-2 + Hub data online, the packaged MiniLM + local data offline
   predict  classify texts with a saved adapter: predict ADAPTER_DIR "text" ...
-  data     load and check a dataset without training: data --data-dir PATH [--text-column ...]
+  data     load and check the data of a run without a model: data --data-dir PATH (or --dataset NAME) ...
 
 `python -m peft_helpers run --help` lists every option."""
 
@@ -40,12 +40,6 @@ class DemoOptions:
     model: str | None = field(default=None, metadata={"help": "Use this model instead of the demo's (GPT-2 / MiniLM)."})
 
 
-@dataclass
-class DataOptions:
-    data_dir: str | None = field(default=None, metadata={"help": "Local data (as for run); None = the Hub dataset."})
-    text_column: str = field(default="text", metadata={"help": "Text column (or its position, without a header)."})
-    label_column: str = field(default="label", metadata={"help": "Label column (or its position, without a header)."})
-    seed: int = field(default=42, metadata={"help": "Seed for carving missing validation/test splits."})
 
 
 def _run(argv: list[str]) -> int:
@@ -84,11 +78,12 @@ def _predict(argv: list[str]) -> int:
 
 
 def _data(argv: list[str]) -> int:
-    from .data import label_balance, load_data
+    """Load and check the data of a run (the same flags as `run`) without loading a model."""
+    from .data import label_balance, load_run_data
 
-    parser = HfArgumentParser((DataOptions,), prog="python -m peft_helpers data")
-    (options,) = _parse(parser, argv)
-    data = load_data(options.data_dir, options.text_column, options.label_column, options.seed)
+    parser = HfArgumentParser((RunConfig,), prog="python -m peft_helpers data")
+    (cfg,) = _parse(parser, argv)
+    data = load_run_data(cfg)
     print(", ".join(f"{split} {len(ds):,}" for split, ds in data.items()) + f" rows; {sum(map(len, data.values())):,} in all")
     print(label_balance(data).to_string())
     return 0

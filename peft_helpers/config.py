@@ -24,6 +24,17 @@ class RunConfig:
             "a folder with train (and optional validation/test) CSV/TSV/JSON/JSONL/Parquet files, or one such file."
         },
     )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "A dataset by name, through datasets.load_dataset: a Hub id (e.g. SetFit/bbc-news) or a "
+                          "local folder of data files or one written by save_to_disk. Instead of data_dir."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration (e.g. mrpc for glue)."})
+    train_split: str = field(default="train", metadata={"help": "The dataset's split to train on."})
+    validation_split: str = field(
+        default="validation", metadata={"help": "Its split for validation; carved from train if absent or 'none'."}
+    )
+    test_split: str = field(default="test", metadata={"help": "Its split for testing; carved from train if absent or 'none'."})
     text_column: str = field(
         default="text",
         metadata={"help": "Text column of a local file; in a file without a header, its position (0, 1, ...)."},
@@ -31,6 +42,16 @@ class RunConfig:
     label_column: str = field(
         default="label",
         metadata={"help": "Label column of a local file; in a file without a header, its position (0, 1, ...)."},
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "A second text column, given to the model as a sentence pair (e.g. glue/mrpc)."}
+    )
+    truncation: str = field(
+        default="head",
+        metadata={"help": "Which tokens of a text longer than max_length are kept: head, tail or head+tail."},
+    )
+    class_weights: str | None = field(
+        default=None, metadata={"help": "'balanced': weight the loss by inverse class frequency (imbalanced data)."}
     )
     train_size: int | None = field(
         default=None, metadata={"help": "None = the full train split; otherwise a stratified, seeded subset."}
@@ -98,6 +119,14 @@ class RunConfig:
             raise UserError("target_modules is an empty list: name at least one module, or use None for the default.")
         if self.data_dir is not None and not Path(self.data_dir).exists():
             raise UserError(f"data_dir {self.data_dir!r} does not exist: pass an existing folder or file, or None for the Hub.")
+        if self.dataset is not None and self.data_dir is not None:
+            raise UserError("give dataset (a name for datasets.load_dataset) or data_dir (local files), not both.")
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise UserError(f"text_pair_column is the text column ({self.text_column!r}): name the second text column.")
+        if self.truncation not in ("head", "tail", "head+tail"):
+            raise UserError(f"truncation={self.truncation!r} is invalid: use head, tail or head+tail.")
+        if self.class_weights not in (None, "balanced"):
+            raise UserError(f"class_weights={self.class_weights!r} is invalid: use balanced, or leave it out.")
         if self.output_dir is not None and not str(self.output_dir).strip():
             raise UserError("output_dir is empty: give a folder name, e.g. saved_adapters/my-adapter.")
 

@@ -80,6 +80,118 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+# --- Datasets by name (the Hub, or local folders load_dataset / load_from_disk read) ----------------------------
+
+LABEL_TEXT_COLUMNS = ("{label}_text", "label_text", "{label}_name", "label_name")  # names beside integer labels
+
+
+def load_named_dataset(
+    name: str,
+    config: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    text_pair_column: str | None = None,
+    splits: dict[str, str] | None = None,
+    seed: int = 42,
+) -> DatasetDict:
+    """A dataset by name, through the same `datasets.load_dataset` call for a Hub id (e.g. "SetFit/bbc-news") and a
+    local folder of data files (e.g. Parquet); a folder written by `save_to_disk` is read with `load_from_disk`.
+    `splits` maps our split names to the dataset's (default: the same names). Missing validation/test splits are
+    carved out of train. Label names come from the ClassLabel feature or a `label_text`-style column."""
+    raw = _load_by_name(name, config)
+    splits = {split: (splits or {}).get(split) or split for split in SPLITS}
+    splits = {ours: theirs for ours, theirs in splits.items() if theirs != "none"}  # "none": carve it instead
+    missing = [theirs for ours, theirs in splits.items() if ours == "train" or theirs != ours]
+    unknown = [theirs for theirs in missing if theirs not in raw]
+    if unknown:
+        raise UserError(f"{name} has no split {unknown[0]!r} (splits: {', '.join(raw)}); name the split with "
+                        "--train-split/--validation-split/--test-split.")
+    parts = {ours: raw[theirs] for ours, theirs in splits.items() if theirs in raw}
+    columns = [c for c in (*text_column.split("+"), label_column, text_pair_column) if c]
+    for split, ds in parts.items():
+        absent = [c for c in columns if c not in ds.column_names]
+        if absent:
+            raise UserError(f"{name} ({split} split) has no column {absent[0]!r} (columns: {', '.join(ds.column_names)}): "
+                            "pass --text-column/--label-column/--text-pair-column with the right names.")
+    names, ids = _named_labels(parts, label_column, name)
+    features = {"text": Value("string"), "label": ClassLabel(names=names)}
+    if text_pair_column:
+        features["text_pair"] = Value("string")
+    data = {}
+    for split, ds in parts.items():
+        columns = {"text": [_join(row) for row in zip(*(ds[c] for c in text_column.split("+")))], "label": ids[split]}
+        if text_pair_column:
+            columns["text_pair"] = [str(t) if t is not None else "" for t in ds[text_pair_column]]
+        data[split] = Dataset.from_dict(columns, features=Features(features))
+    return carve_missing_splits(DatasetDict(data), seed)
+
+
+def _load_by_name(name: str, config: str | None) -> DatasetDict:
+    from datasets import load_from_disk
+    from datasets.exceptions import DatasetNotFoundError
+
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()):
+            raw = load_from_disk(str(path))
+        else:
+            raw = load_dataset(str(path) if path.is_dir() else name, config)
+    except DatasetNotFoundError:
+        raise UserError(f"dataset {name!r} was not found on the Hub or on disk: check the name (e.g. "
+                        "'SetFit/bbc-news'), or give local files with --data-dir.") from None
+    except ValueError as err:  # a missing or unknown config, with the available ones in the message
+        raise UserError(f"dataset {name!r}: {str(err).splitlines()[0]} (--dataset-config)") from None
+    except network_errors() as err:
+        raise UserError(f"the Hugging Face Hub is unreachable ({type(err).__name__}), so dataset {name!r} cannot be "
+                        "loaded: give local data with --data-dir, or a folder written by save_to_disk.") from None
+    if isinstance(raw, Dataset):
+        raw = DatasetDict({"train": raw})
+    return raw
+
+
+def _join(parts) -> str:
+    """Several text columns (--text-column title+description) become one text, in order."""
+    return " ".join(str(p) for p in parts if p is not None and str(p).strip())
+
+
+def _named_labels(parts: dict[str, Dataset], label_column: str, name: str) -> tuple[list[str], dict[str, list[int]]]:
+    for split, ds in parts.items():
+        values = ds[label_column]
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            raise UserError(f"{name} ({split} split) has {len(missing)} missing label(s), first at row {missing[0] + 1}: "
+                            "drop those rows or choose another --label-column.")
+    feature = parts["train"].features[label_column]
+    if isinstance(feature, ClassLabel):
+        for split, ds in parts.items():
+            if ds.features[label_column] != feature:
+                raise UserError(f"{name}: the {split} split's labels {ds.features[label_column]} differ from train's.")
+        ids = {split: list(ds[label_column]) for split, ds in parts.items()}
+        for split, values in ids.items():
+            hidden = sum(v < 0 for v in values)
+            if hidden:
+                raise UserError(f"{name}: the {split} split has {hidden} unlabeled rows (label -1, e.g. a benchmark's "
+                                f"hidden test labels): pass --{split}-split none to carve it from train, or name a "
+                                "labeled split.")
+        used = sorted(set(ids["train"]))
+        unknown = {split: sorted(set(v) - set(used)) for split, v in ids.items()}
+        for split, values in unknown.items():
+            if values:
+                raise UserError(f"{split} split has labels {[feature.names[v] for v in values[:5]]} that the train split "
+                                f"never shows: fix or drop those rows.")
+        return list(feature.names), ids
+    text_columns = [c.format(label=label_column) for c in LABEL_TEXT_COLUMNS]
+    names_column = next((c for c in text_columns if c in parts["train"].column_names), None)
+    names, ids = encode_label_values({split: list(ds[label_column]) for split, ds in parts.items()})
+    if names_column is not None and all(_label_kind(v) == "integer" for v in parts["train"][label_column][:100]):
+        pairs = {(str(int(v)), str(t)) for v, t in zip(parts["train"][label_column], parts["train"][names_column])}
+        mapping = dict(pairs)
+        if len(mapping) == len(pairs):  # one name per label value
+            print(f"Label names from the {names_column!r} column.")
+            names = [mapping.get(n, n) for n in names]
+    return names, ids
+
+
 # --- Local files ----------------------------------------------------------------------------------------------
 
 
@@ -102,7 +214,8 @@ class Table:
 
 
 def load_text_classification(
-    path: str | Path, text_column: str = "text", label_column: str = "label", seed: int = 42
+    path: str | Path, text_column: str = "text", label_column: str = "label", seed: int = 42,
+    text_pair_column: str | None = None,
 ) -> DatasetDict:
     """A local CSV/TSV/JSON/JSONL/Parquet file (validation and test carved out of it, stratified), or a folder
     with a train file and optional validation/test files (missing ones are carved out of train)."""
@@ -112,27 +225,47 @@ def load_text_classification(
     elif path.is_dir():
         files = {split: f for split in SPLITS if (f := _find_split_file(path, split)) is not None}
         if "train" not in files:
-            raise UserError(
-                f"{path} holds no rt-polarity.pos/.neg and no train.csv/.tsv/.json/.jsonl/.parquet: "
-                "point data_dir at one of those, or at a single data file."
-            )
+            # A folder holding a single data file under another name (AG News ships test.csv alone): use that file.
+            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in _FORMATS)
+            if len(found) != 1:
+                raise UserError(
+                    f"{path} holds no rt-polarity.pos/.neg and no train.csv/.tsv/.json/.jsonl/.parquet"
+                    + (f" but {len(found)} data files ({', '.join(f.name for f in found[:5])})" if found else "")
+                    + ": name one train.<ext> (and optional validation/test files), or point data_dir at a single file."
+                )
+            print(f"{path}: using its only data file, {found[0].name}, for all splits.")
+            files = {"train": found[0]}
     else:
         raise UserError(f"data path {path} does not exist.")
     tables = {split: _read_table(f, text_column, label_column) for split, f in files.items()}
     columns = {split: _columns(t, text_column, label_column) for split, t in tables.items()}
     for split, table in tables.items():
         _check_rows(table, *columns[split])
+        if text_pair_column is not None:
+            if text_pair_column not in table.frame.columns:
+                raise UserError(f"{table.path.name} has no column {text_pair_column!r} (columns: "
+                                f"{', '.join(table.frame.columns)}): pass --text-pair-column with the right name.")
+            _check_rows(table, text_pair_column, columns[split][1])
     raw_labels = {split: [table.frame[columns[split][1]].iloc[i] for i in range(len(table.frame))] for split, table in tables.items()}
     class_names = _class_names_file(path if path.is_dir() else path.parent)
     names, ids = encode_label_values(raw_labels, tables, class_names)
-    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
-    data = {
-        split: Dataset.from_dict(
-            {"text": [str(t) for t in table.frame[columns[split][0]]], "label": ids[split]}, features=features
-        )
-        for split, table in tables.items()
-    }
+    features = {"text": Value("string"), "label": ClassLabel(names=names)}
+    if text_pair_column is not None:
+        features["text_pair"] = Value("string")
+    data = {}
+    for split, table in tables.items():
+        columns_ = {"text": _texts(table.frame, columns[split][0]), "label": ids[split]}
+        if text_pair_column is not None:
+            columns_["text_pair"] = _texts(table.frame, text_pair_column)
+        data[split] = Dataset.from_dict(columns_, features=Features(features))
     return carve_missing_splits(DatasetDict(data), seed)
+
+
+def _texts(frame: pd.DataFrame, text_column: str) -> list[str]:
+    parts = text_column.split("+")
+    if len(parts) == 1:
+        return [str(t) for t in frame[text_column]]
+    return [_join(row) for row in zip(*(frame[c] for c in parts))]
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -214,35 +347,40 @@ def _has_header(first: list[str], text: str, sep: str, expected: set[str]) -> bo
 def _columns(table: Table, text_column: str, label_column: str) -> tuple[str, str]:
     """The text and label columns: the named ones, or, in a file without a header, detected (printed)."""
     columns = list(table.frame.columns)
-    if text_column in columns and label_column in columns:
+    wanted = [*text_column.split("+"), label_column]
+    if all(c in columns for c in wanted):
         return text_column, label_column
     if table.header:
-        missing = text_column if text_column not in columns else label_column
+        missing = next(c for c in wanted if c not in columns)
         raise UserError(
             f"{table.path.name} has no column {missing!r} (columns: {', '.join(columns)}); "
             "pass --text-column/--label-column (text_column/label_column) with the right names."
         )
-    label, text = _detect_columns(table.frame)
-    print(f"{table.path.name}: no header row; using column {label} as labels and column {text} as text "
-          "(by position, counting from 0; override with --label-column/--text-column).")
+    label, texts = _detect_columns(table.frame)
+    text = "+".join(texts)
+    what = f"column {text} as text" if len(texts) == 1 else f"columns {', '.join(texts)} joined as text"
+    print(f"{table.path.name}: no header row; using column {label} as labels and {what} (by position, counting "
+          f"from 0; override with --label-column/--text-column, e.g. --text-column {texts[-1]})")
     return text, label
 
 
-def _detect_columns(frame: pd.DataFrame) -> tuple[str, str]:
-    """(label, text) columns of a headerless file: labels are the column with fewest distinct values, text the
-    one with the longest values on average."""
+def _detect_columns(frame: pd.DataFrame) -> tuple[str, list[str]]:
+    """(label, text columns) of a headerless file: labels are the column with fewest distinct values; the text is
+    every other column whose values are not numbers, in order (AG News: title and description)."""
     if frame.shape[1] < 2:
         raise UserError("a headerless file needs at least two columns (label and text).")
     distinct = {c: frame[c].nunique() for c in frame.columns}
     label = min(frame.columns, key=lambda c: (distinct[c], list(frame.columns).index(c)))
-    text = max((c for c in frame.columns if c != label), key=lambda c: frame[c].astype(str).str.len().mean())
-    return label, text
+    texts = [c for c in frame.columns if c != label and not all(_label_kind(v) in ("integer", "float") for v in frame[c][:100])]
+    if not texts:
+        raise UserError("a headerless file needs a text column: none of its columns holds text.")
+    return label, texts
 
 
 def _check_rows(table: Table, text_column: str, label_column: str) -> None:
     """Refuse empty texts and missing labels, naming the file, the first row and the count."""
     for column, what in ((text_column, "empty or missing text(s)"), (label_column, "missing label(s)")):
-        values = table.frame[column]
+        values = _texts(table.frame, column) if "+" in column else table.frame[column]
         empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and np.isnan(v))
                  or (isinstance(v, str) and not v.strip())]
         if empty:
@@ -381,16 +519,39 @@ def carve_missing_splits(data: DatasetDict, seed: int) -> DatasetDict:
     return DatasetDict({split: out[split] for split in SPLITS})
 
 
-def load_data(data_dir: str | Path | None, text_column: str = "text", label_column: str = "label", seed: int = 42) -> DatasetDict:
-    """The dataset a run asks for: Hub Rotten Tomatoes, local rt-polarity files, or a generic local dataset."""
+def load_data(
+    data_dir: str | Path | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    seed: int = 42,
+    *,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    text_pair_column: str | None = None,
+    splits: dict[str, str] | None = None,
+) -> DatasetDict:
+    """The dataset a run asks for: a dataset by name (`dataset`: Hub id or local folder), local files
+    (`data_dir`: rt-polarity files or CSV/TSV/JSON/JSONL/Parquet), or by default the Hub's Rotten Tomatoes."""
+    if dataset is not None and data_dir is not None:
+        raise UserError("give either dataset (a Hub name) or data_dir (local files), not both.")
     if data_dir is not None and not Path(data_dir).exists():
         raise UserError(f"data_dir {str(data_dir)!r} does not exist.")
-    if data_dir is None or is_rotten_tomatoes_dir(data_dir):
+    if dataset is not None:
+        data = load_named_dataset(dataset, dataset_config, text_column, label_column, text_pair_column, splits, seed)
+    elif data_dir is None or is_rotten_tomatoes_dir(data_dir):
         data = load_rotten_tomatoes(data_dir)
     else:
-        data = load_text_classification(data_dir, text_column, label_column, seed)
+        data = load_text_classification(data_dir, text_column, label_column, seed, text_pair_column)
     check_dataset(data)
     return data
+
+
+def load_run_data(cfg) -> DatasetDict:
+    """The data of a run (`config.RunConfig`), subset as configured: what the command line and notebook use."""
+    data = load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed, dataset=cfg.dataset,
+                     dataset_config=cfg.dataset_config, text_pair_column=cfg.text_pair_column,
+                     splits={"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split})
+    return subsample(data, cfg.train_size, cfg.eval_size, cfg.seed)
 
 
 def check_dataset(data: DatasetDict) -> None:
@@ -449,15 +610,70 @@ def subsample(data: DatasetDict, train_size: int | None, eval_size: int | None, 
     )
 
 
-def tokenize(data: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
+TRUNCATION = ("head", "tail", "head+tail")
+
+
+def tokenize(data: DatasetDict, tokenizer, max_length: int, truncation: str = "head") -> DatasetDict:
     """Truncate only; padding happens per batch in the collator (dynamic padding). Adds a `length` column
-    so length-grouped sampling and length-sorted evaluation need no second pass."""
+    so length-grouped sampling and length-sorted evaluation need no second pass.
+
+    `truncation` says which tokens a text longer than max_length keeps: "head" the first ones, "tail" the last
+    ones, "head+tail" the first quarter and the last three quarters of the budget (Sun et al. 2019, "How to
+    Fine-Tune BERT for Text Classification?", found head+tail best for long reviews). A text pair
+    (`text_pair` column) is truncated longest-first from the chosen side."""
     if tokenizer.pad_token is None:
         raise UserError("the tokenizer has no pad token: call modeling.ensure_pad_token(tokenizer, model) first.")
+    if truncation not in TRUNCATION:
+        raise UserError(f"truncation={truncation!r}: use one of {', '.join(TRUNCATION)}.")
+    pairs = "text_pair" in data["train"].column_names
+    if pairs and truncation == "head+tail":
+        raise UserError("head+tail truncation works on single texts: use head or tail with a text pair column.")
 
     def encode(batch):
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        texts = batch["text"] if truncation != "head+tail" else _head_and_tail(batch["text"], tokenizer, max_length)
+        side = tokenizer.truncation_side
+        tokenizer.truncation_side = "left" if truncation == "tail" else "right"
+        try:
+            enc = tokenizer(texts, batch["text_pair"] if pairs else None, truncation=True, max_length=max_length)
+        finally:
+            tokenizer.truncation_side = side
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
         return enc
 
-    return data.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing")
+    drop = ["text", "text_pair"] if pairs else ["text"]
+    return data.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
+
+
+def _special_tokens(tokenizer) -> int:
+    return len(tokenizer("a")["input_ids"]) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
+
+
+def _head_and_tail(texts: list[str], tokenizer, max_length: int) -> list[str]:
+    """Cut each too-long text to its first and last tokens, at the tokens' character offsets (so it works with
+    every tokenizer version); the caller re-tokenizes with truncation as a guard for the seam."""
+    budget = max_length - _special_tokens(tokenizer)
+    head = budget // 4
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        if len(offsets) <= budget:
+            out.append(text)
+        else:
+            head_text = text[: offsets[head - 1][1]] if head else ""
+            tail_text = text[offsets[len(offsets) - (budget - head)][0] :]
+            # Byte-level BPE (GPT-2) counts the space before a word as part of its token: add one only if missing.
+            joint = "" if not head_text or tail_text[:1].isspace() or head_text[-1:].isspace() else " "
+            out.append(head_text + joint + tail_text)
+    return out
+
+
+def truncation_summary(data: DatasetDict, tokenizer, max_length: int) -> pd.DataFrame:
+    """Per split: how many texts max_length truncates, by how many tokens on average, and the longest text."""
+    rows = {}
+    for split, ds in data.items():
+        pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
+        lengths = np.array([len(ids) for ids in tokenizer(list(ds["text"]), list(pairs) if pairs else None)["input_ids"]])
+        cut = lengths[lengths > max_length] - max_length
+        rows[split] = {"examples": len(lengths), "truncated": len(cut), "mean tokens cut": float(cut.mean()) if len(cut) else 0.0,
+                       "longest": int(lengths.max())}
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -36,3 +36,15 @@ def compute_metrics(eval_pred) -> dict:
         logits = logits[0]
     metrics = classification_metrics(labels, np.argmax(logits, axis=-1), num_labels=logits.shape[-1])
     return {name: metrics[name] for name in METRIC_NAMES}
+
+
+def per_class_metrics(labels, predictions, label_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of every class (scikit-learn's classification report, as rows)."""
+    classes = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        np.asarray(labels), np.asarray(predictions), labels=classes, average=None, zero_division=0
+    )
+    return [
+        {"label": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(label_names, precision, recall, f1, support)
+    ]

@@ -123,3 +123,26 @@ def prediction_table(before, after) -> pd.DataFrame:
     for text, label_a, probs_a, label_b, probs_b in pairs:
         rows.append({"text": text, "before": f"{label_a} ({probs_a.max():.2f})", "after": f"{label_b} ({probs_b.max():.2f})"})
     return pd.DataFrame(rows)
+
+
+def per_class_table(rows: list[dict]) -> pd.DataFrame:
+    """metrics.per_class_metrics as a table, one row per class."""
+    return pd.DataFrame(rows).set_index("label")
+
+
+def confident_mistakes(texts: list[str], labels, logits, label_names: list[str], k: int = 10) -> pd.DataFrame:
+    """The k wrong predictions the model was surest of: often label noise, sarcasm, or a class the model confuses."""
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    predicted = probabilities.argmax(-1)
+    wrong = np.flatnonzero(predicted != np.asarray(labels))
+    worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:k]
+    return pd.DataFrame({
+        "text": [texts[i] for i in worst],
+        "true": [label_names[labels[i]] for i in worst],
+        "predicted": [label_names[predicted[i]] for i in worst],
+        "probability": [round(float(probabilities[i, predicted[i]]), 4) for i in worst],
+    })

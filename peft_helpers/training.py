@@ -61,10 +61,30 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
+def balanced_class_weights(labels, num_labels: int) -> torch.Tensor:
+    """n / (k * count of class c), scikit-learn's "balanced": every class weighs the same in the loss."""
+    counts = torch.bincount(torch.as_tensor(list(labels)), minlength=num_labels).float()
+    return counts.sum() / (num_labels * counts.clamp(min=1))
+
+
 class LengthGroupedTrainer(Trainer):
     """The stock Trainer with one change: training batches come from SeededLengthGroupedSampler (texts of similar
     length together, so dynamic padding adds almost nothing, in an order a resumed run replays exactly).
-    The notebook and the command line both train with it."""
+    The notebook and the command line both train with it. `class_weights` (optional) weights the cross-entropy
+    per class, for imbalanced data."""
+
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        if self.class_weights is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weight = self.class_weights.to(outputs.logits.device)
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+        return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -123,6 +143,8 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
 
 
 def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> LengthGroupedTrainer:
+    num_labels = data["train"].features["label"].num_classes
+    weights = balanced_class_weights(data["train"]["label"], num_labels) if cfg.class_weights == "balanced" else None
     return LengthGroupedTrainer(
         model=model,
         args=training_arguments(cfg, len(data["train"])),
@@ -132,6 +154,7 @@ def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Length
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
         callbacks=[SaveEachEpoch()],
+        class_weights=weights,
     )
 
 

@@ -15,8 +15,9 @@ from datasets import DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, set_seed
 
 from .config import RunConfig
-from .data import label_names, load_data, subsample, tokenize
+from .data import label_balance, label_names, load_run_data, tokenize, truncation_summary
 from .evaluation import EvalResult, check_reload, evaluate
+from .metrics import per_class_metrics
 from .modeling import ParameterCount, count_parameters, create_lora_model, load_config, load_model
 from .offline import offline_model_name
 from .persistence import (
@@ -28,7 +29,7 @@ from .persistence import (
     save_adapter,
     versions,
 )
-from .reporting import format_comparison, learning_curve
+from .reporting import confident_mistakes, format_comparison, learning_curve, per_class_table
 from .training import TrainResult, device_summary, prepare_checkpoints, remove_checkpoints, train
 
 RESULTS_FILE = "results.json"
@@ -40,6 +41,8 @@ TRAINING_KEYS = ("learning_rate", "num_train_epochs", "per_device_train_batch_si
 
 
 def dataset_name(cfg: RunConfig) -> str:
+    if cfg.dataset is not None:
+        return cfg.dataset + (f" ({cfg.dataset_config})" if cfg.dataset_config else "")
     return "rotten_tomatoes (Hugging Face Hub)" if cfg.data_dir is None else str(cfg.data_dir)
 
 
@@ -91,16 +94,21 @@ class Prepared:
 def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     """Resolve the settings (once), load and subset the data, load the model for its labels, tokenize."""
     cfg = resolve(cfg)
-    data = subsample(load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed), cfg.train_size,
-                     cfg.eval_size, cfg.seed)
+    data = load_run_data(cfg)
     names = label_names(data)
     model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device)
-    return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length), model, tokenizer, names)
+    return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length, cfg.truncation), model, tokenizer, names)
 
 
 def describe(p: Prepared) -> None:
+    """What the run works on: splits, label balance, what max_length cuts, the settings."""
     cfg = p.cfg
     print(f"Data: {dataset_name(cfg)}: " + ", ".join(f"{s} {len(d):,}" for s, d in p.data.items()) + f"; labels {p.label_names}")
+    print(label_balance(p.data).to_string())
+    cut = truncation_summary(p.data, p.tokenizer, cfg.max_length)
+    print(f"max_length {cfg.max_length} ({cfg.truncation} kept) truncates " + ", ".join(
+        f"{split} {int(row['truncated']):,} of {int(row['examples']):,}" for split, row in cut.iterrows())
+        + f"; longest text {int(cut['longest'].max())} tokens")
     print(f"Settings: epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}, r={cfg.r}, alpha={cfg.alpha}, "
           f"target_modules={cfg.target_modules or 'default'}")
 
@@ -163,6 +171,9 @@ def results_dict(p: Prepared, baseline: EvalResult, finetuned: EvalResult, param
         "versions": versions(),
         "config": cfg.to_dict(),
         "training_arguments": training_record(trained.trainer),
+        "per_class": per_class_metrics(finetuned.labels, finetuned.predictions, p.label_names),
+        "confident_mistakes": confident_mistakes(list(p.data["test"]["text"]), finetuned.labels, finetuned.logits,
+                                                 p.label_names).to_dict("records"),
         "learning_curve": learning_curve(trained.log_history),
     }
 
@@ -194,6 +205,13 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         write_json(results_path, results)
     print()
     print(format_comparison(baseline.metrics, finetuned.metrics))
+    print("\nPer class (fine-tuned, test split):")
+    print(per_class_table(results["per_class"]).to_string(float_format="{:.3f}".format))
+    mistakes = results["confident_mistakes"][:3]
+    if mistakes:
+        print("\nMost confident mistakes:")
+        for m in mistakes:
+            print(f"  {m['probability']:.2f} {m['predicted']} (true {m['true']}): {m['text'][:100]}")
     print(
         f"\nTrained {params.trainable:,} of {params.total:,} parameters ({params.percent:.2f}%) in "
         f"{trained.seconds:.1f} s; adapter and {RESULTS_FILE} in {adapter_dir}"

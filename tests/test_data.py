@@ -234,7 +234,7 @@ def test_headerless_ag_news_with_class_names_file(capsys):
     assert {s: len(d) for s, d in data.items()} == {"train": 6080, "validation": 760, "test": 760}
     assert label_balance(data)["test"].tolist() == [190] * 4
     out = capsys.readouterr().out
-    assert "no header row; using column 0 as labels and column 2 as text" in out
+    assert "no header row; using column 0 as labels and columns 1, 2 joined as text" in out
     assert "label 1 = 'World'" in out
 
 
