@@ -6,6 +6,7 @@ Cases, each in its own process (clean peak-memory numbers), on the same model, d
   pipeline  our Trainer set-up: dynamic padding, length-grouped batches; evaluation sorted by length
   bare      a minimal PyTorch loop: the same model, LoRA, optimizer, schedule and the *same batches*
   common    the usual notebook recipe: padding="max_length", shuffled batches, Trainer.evaluate on padded data
+  flops     FLOPs per token (FlopCounterMode on real batches) and the fp32 matrix-product rate, for utilisation
 The last lines printed are the headline ratios, `name=value`, one per line.
 """
 
@@ -162,7 +163,66 @@ def case_common(args) -> dict:
             "accuracy": metrics["eval_accuracy"]}
 
 
-CASES = {"pipeline": case_pipeline, "bare": case_bare, "common": case_common}
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """The machine's fp32 matrix-product rate with `threads` threads: the best of three timings of `repeats`
+    n x n products (2 n^3 FLOPs each). The reference for model FLOPs utilisation."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best / 1e9
+
+
+def case_flops(args) -> dict:
+    """FLOPs per processed (padded) token of a training step (forward and backward) and of an evaluation forward,
+    counted by torch.utils.flop_counter.FlopCounterMode on 8 real batches of each, spread over the epoch's
+    length-grouped order; and the matrix-product rate."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import DataCollatorWithPadding
+
+    from peft_helpers.training import SeededLengthGroupedSampler
+
+    cfg, model, tokenizer, data = _setup(args)
+    collator = DataCollatorWithPadding(tokenizer)
+    rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
+    order = list(SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed))
+    starts = np.linspace(0, len(order) - cfg.batch_size, 8).astype(int)
+    counts = {}
+    model.train()
+    flops = tokens = 0
+    for s in starts:
+        batch = collator([rows[i] for i in order[s : s + cfg.batch_size]])
+        batch = {("labels" if k == "label" else k): v for k, v in batch.items()}
+        with FlopCounterMode(display=False) as counter:
+            model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+        flops, tokens = flops + counter.get_total_flops(), tokens + batch["input_ids"].numel()
+    counts["train_flops_per_token"] = flops / tokens
+    model.eval()
+    test = data["test"].select_columns(["input_ids", "attention_mask"])
+    by_length = np.argsort(-np.array(data["test"]["length"]), kind="stable")
+    flops = tokens = 0
+    for s in np.linspace(0, len(by_length) - cfg.batch_size, 8).astype(int):
+        batch = collator([test[int(i)] for i in by_length[s : s + cfg.batch_size]])
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(**batch)
+        flops, tokens = flops + counter.get_total_flops(), tokens + batch["input_ids"].numel()
+    counts["eval_flops_per_token"] = flops / tokens
+    counts["matmul_gflops"] = matmul_gflops(args.threads)
+    return counts
+
+
+CASES = {"pipeline": case_pipeline, "bare": case_bare, "common": case_common, "flops": case_flops}
 
 
 def run_case(args) -> dict:
@@ -195,7 +255,7 @@ def hardware() -> str:
 
 
 def report(args, results: dict, command: str) -> str:
-    p, b, c = results["pipeline"], results["bare"], results["common"]
+    p, b, c, f = results["pipeline"], results["bare"], results["common"], results["flops"]
 
     def rate(r, k):
         return r[f"{k}_examples"] / r[f"{k}_seconds"]
@@ -219,7 +279,24 @@ def report(args, results: dict, command: str) -> str:
         ev_eff = f"{r['eval_real_tokens'] / r['eval_total_tokens']:.3f}" if "eval_total_tokens" in r else "same batches"
         lines.append(f"| {name} | {rate(r, 'train'):.1f} | {tokens(r, 'train'):,.0f} | {rate(r, 'eval'):.1f} | "
                      f"{tokens(r, 'eval'):,.0f} | {tr_eff} | {ev_eff} | {r['accuracy']:.4f} | {r['peak_rss_mib']:.0f} |")
+    def mfu(r, k):  # achieved FLOP/s over the measured matrix-product rate; bare runs the pipeline's batches
+        return f[f"{k}_flops_per_token"] * p[f"{k}_total_tokens"] / r[f"{k}_seconds"] / (f["matmul_gflops"] * 1e9)
+
+    lines += ["", f"Model FLOPs utilisation: the machine's fp32 matrix-product rate, measured in the same run with "
+              f"{args.threads} threads (2048 x 2048 products), is **{f['matmul_gflops']:.1f} GFLOP/s**. "
+              f"FlopCounterMode counts {f['train_flops_per_token'] / 1e6:.1f} MFLOP per processed token for a training "
+              f"step (forward and backward, LoRA) and {f['eval_flops_per_token'] / 1e6:.1f} MFLOP for an evaluation "
+              "forward (8 real batches of each). Achieved FLOP/s = FLOPs per token x tokens processed / seconds.", "",
+              "| case | train GFLOP/s | train MFU | eval GFLOP/s | eval MFU |", "| --- | --- | --- | --- | --- |"]
+    for name, r in (("pipeline (ours)", p), ("bare PyTorch loop, same batches", b)):
+        lines.append(f"| {name} | {mfu(r, 'train') * f['matmul_gflops']:.1f} | {mfu(r, 'train'):.3f} | "
+                     f"{mfu(r, 'eval') * f['matmul_gflops']:.1f} | {mfu(r, 'eval'):.3f} |")
     headline = {
+        "matmul_gflops": f["matmul_gflops"],
+        "pipeline_train_mfu": mfu(p, "train"),
+        "pipeline_eval_mfu": mfu(p, "eval"),
+        "bare_train_mfu": mfu(b, "train"),
+        "bare_eval_mfu": mfu(b, "eval"),
         "pipeline_vs_bare_train": rate(p, "train") / rate(b, "train"),
         "pipeline_vs_bare_eval": rate(p, "eval") / rate(b, "eval"),
         "common_over_pipeline_train_time": c["train_seconds"] / p["train_seconds"],
@@ -258,7 +335,7 @@ def main() -> None:
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
             "--threads", str(args.threads)] + (["--eval-size", str(args.eval_size)] if args.eval_size else [])
     results = {}
-    for case in ("pipeline", "bare", "common"):
+    for case in ("flops", "pipeline", "bare", "common"):
         print(f"running {case} ...", flush=True)
         proc = subprocess.run(base + ["--case", case], capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:

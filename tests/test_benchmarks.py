@@ -53,3 +53,18 @@ def test_curves_table_reads_run_and_full_finetune_results(tmp_path):
     lines = curves.table(runs).splitlines()
     assert lines[2] == "| LoRA r=8 | 1: 80.00% | 0.410 | 79.00% |"
     assert lines[3] == "| full | - | 0.690 | 81.00% |"
+
+
+def test_flop_counts_and_matmul_rate_on_a_tiny_model(tiny_gpt2, rt_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.chdir(tmp_path)
+    bench = _load("bench")
+    assert bench.matmul_gflops(threads=1, n=64, repeats=2) > 0
+    args = SimpleNamespace(model=str(tiny_gpt2), data_dir=str(rt_dir), train_size=64, eval_size=32, batch_size=8,
+                           max_length=64, threads=1, case="flops")
+    counts = bench.run_case(args)
+    # a training step (forward + backward) costs about three forwards; LoRA's frozen weights skip their weight
+    # gradients, so somewhat less
+    assert 1.5 < counts["train_flops_per_token"] / counts["eval_flops_per_token"] < 3.5
+    assert counts["matmul_gflops"] > 0

@@ -243,3 +243,9 @@ def test_subset_sizes_at_the_edges(rt, train_size, eval_size):
     small = subsample(rt, train_size, eval_size, seed=0)
     assert len(small["train"]) == (train_size or 8530) and len(small["test"]) == (eval_size or 1066)
     assert set(small["train"]["label"]) == {0, 1}
+
+
+def test_a_label_column_of_unique_values_is_refused(tmp_path):
+    rows = [f"review {i},id-{i}" for i in range(1200)]
+    with pytest.raises(UserError, match="the label column has 1200 distinct values: is it the right column"):
+        load_data(_csv(tmp_path, rows))
