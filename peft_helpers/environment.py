@@ -57,11 +57,13 @@ def torch_problem(version: Version | None = None) -> str | None:
     return None
 
 
-def install_command(path: str | Path = REQUIREMENTS) -> list[str]:
-    """pip upgrading what requirements.txt asks for, with the installed torch pinned so it is never reinstalled."""
-    command = [sys.executable, "-m", "pip", "install", "-q", "--upgrade", "-r", str(path)]
+def install_command(names: list[str], path: str | Path = REQUIREMENTS) -> list[str]:
+    """pip installing only `names`, each with its range from requirements.txt (pip moves an installed version
+    into the range and leaves every other package alone), with the installed torch pinned so that it is never
+    reinstalled."""
+    wanted = [str(req) for req in requirements(path) if req.name in names]
     torch = installed_version("torch")
-    return command + ([f"torch=={torch}"] if torch is not None else [])
+    return [sys.executable, "-m", "pip", "install", "-q", *wanted] + ([f"torch=={torch}"] if torch is not None else [])
 
 
 def ensure_supported(path: str | Path = REQUIREMENTS, install: bool = True) -> bool:
@@ -75,9 +77,9 @@ def ensure_supported(path: str | Path = REQUIREMENTS, install: bool = True) -> b
         return True
     listing = "; ".join(f"{name}: {what}" for name, what in found.items())
     if not install:
-        print(f"Outside the supported range ({listing}): pip install -U -r {path}, then restart.")
+        print(f"Outside the supported range ({listing}): pip install -r {path}, then restart.")
         return False
-    subprocess.check_call(install_command(path))
+    subprocess.check_call(install_command(list(found), path))
     print(f"Installed or upgraded {', '.join(found)} ({listing}): restart the runtime now "
           "(Colab: Runtime > Restart session), then run all cells again.")
     return False
@@ -92,4 +94,4 @@ def unsupported_message(path: str | Path = REQUIREMENTS) -> str | None:
     if not found:
         return None
     listing = "; ".join(f"{_SHORT.get(name, name)} {what}" for name, what in found.items())
-    return f"unsupported library versions ({listing}): run pip install -U -r {path}"
+    return f"unsupported library versions ({listing}): run pip install -r {path}"

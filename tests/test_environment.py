@@ -32,9 +32,10 @@ def test_old_torch_is_reported_not_installed():
     assert environment.torch_problem(Version("2.4.0+cu121")) is None
 
 
-def test_install_command_pins_the_installed_torch():
-    command = environment.install_command()
-    assert command[-1].startswith("torch==") and "-r" in command
+def test_install_command_touches_only_what_is_needed_and_pins_torch():
+    command = environment.install_command(["peft"])
+    assert command[-2:] == ["peft<1,>=0.13", f"torch=={environment.installed_version('torch')}"]
+    assert "--upgrade" not in command and not any(c.startswith("transformers") for c in command)
 
 
 def test_ensure_supported_installs_and_asks_for_a_restart(monkeypatch, capsys):
@@ -42,6 +43,6 @@ def test_ensure_supported_installs_and_asks_for_a_restart(monkeypatch, capsys):
     monkeypatch.setattr(environment, "problems", lambda path=None: {"peft": "0.12.0 installed, <1,>=0.13 needed"})
     monkeypatch.setattr(environment.subprocess, "check_call", calls.append)
     assert environment.ensure_supported() is False
-    assert calls and calls[0][-1].startswith("torch==")
+    assert calls and calls[0][-2:] == ["peft<1,>=0.13", f"torch=={environment.installed_version('torch')}"]
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0 and "restart the runtime" in out and "peft" in out
