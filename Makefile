@@ -66,6 +66,8 @@ executed: venv
 	$(PY) -m papermill LightweightFineTuning.ipynb executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb \
 		-p model $(EXECUTED_MODEL) -p data_dir $(SHARED_DATA) -p train_size None -p eval_size None \
 		-p output_dir saved_adapters/notebook-$(EXECUTED_MODEL)
+	$(PY) tools/stamp_executed.py executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb --model $(EXECUTED_MODEL) \
+		--data-dir $(SHARED_DATA)
 	$(PY) -m jupyter nbconvert --to html executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb
 
 notebook-real: executed

@@ -91,3 +91,15 @@ def test_notebook_and_command_line_train_the_same_adapter(notebook_run, tiny_gpt
     for key in weights[0]:
         assert (weights[0][key] == weights[1][key]).all(), key
     assert meta[0]["metrics"] == meta[1]["metrics"]
+
+
+def test_executed_copy_is_stamped_with_how_it_was_made(notebook_run, tmp_path):
+    nb, _ = notebook_run
+    copy = tmp_path / "copy.ipynb"
+    nbformat.write(nb, copy)
+    for _ in range(2):  # stamping twice replaces the stamp instead of adding another
+        subprocess.run([sys.executable, str(ROOT / "tools" / "stamp_executed.py"), str(copy), "--model", "tiny",
+                        "--data-dir", "somewhere"], check=True)
+    cells = nbformat.read(copy, as_version=4).cells
+    assert cells[0].source.startswith("**Executed copy**") and '`model="tiny"`' in cells[0].source
+    assert not cells[1].source.startswith("**Executed copy**") and len(cells) == len(nb.cells) + 1
