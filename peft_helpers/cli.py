@@ -18,6 +18,7 @@ commands:
   demo     `run` with the demo settings: GPT-2 + Hub data online, the packaged MiniLM + local data offline
   predict  classify texts with a saved adapter: predict ADAPTER_DIR "text" ...
   data     load and check the data of a run without a model: data --data-dir PATH (or --dataset NAME) ...
+  export   a standalone model (LoRA merged, head, labels, tokenizer): export ADAPTER_DIR OUT_DIR --merge
 
 `python -m peft_helpers run --help` lists every option."""
 
@@ -40,6 +41,18 @@ class DemoOptions:
     model: str | None = field(default=None, metadata={"help": "Use this model instead of the demo's (GPT-2 / MiniLM)."})
 
 
+
+
+@dataclass
+class ExportOptions:
+    adapter_dir: str = field(metadata={"help": "A folder saved by run/demo/the notebook."})
+    out_dir: str = field(metadata={"help": "Where the merged model goes (must not exist unless --overwrite)."})
+    merge: bool = field(default=False, metadata={"help": "Merge LoRA into the base weights (the only export kind)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing out_dir."})
+    check_data: str | None = field(
+        default=None, metadata={"help": "Data to check the export's logits on, if the adapter's own data moved."}
+    )
+    push_to_hub: str | None = field(default=None, metadata={"help": "Also upload the folder to this Hub repo id."})
 
 
 def _run(argv: list[str]) -> int:
@@ -89,6 +102,24 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
+def _export(argv: list[str]) -> int:
+    from .export import export_merged, push_to_hub
+
+    parser = HfArgumentParser((ExportOptions,), prog="python -m peft_helpers export")
+    positional = [a for a in argv[:2] if not a.startswith("-")]  # export ADAPTER_DIR OUT_DIR [options]
+    if len(positional) == 2:
+        argv = ["--adapter-dir", positional[0], "--out-dir", positional[1], *argv[2:]]
+    (options,) = _parse(parser, argv)
+    if not options.merge:
+        raise UserError("export writes a merged model: add --merge (the adapter folder itself is what peft loads).")
+    result = export_merged(options.adapter_dir, options.out_dir, options.overwrite, options.check_data)
+    print(f"Merged model written to {result['out_dir']}; its logits match the adapter's on {result['checked_rows']} "
+          f"test rows (largest difference {result['max_logit_diff']:.1e}).")
+    if options.push_to_hub:
+        print(f"Pushed: {push_to_hub(result['out_dir'], options.push_to_hub)}")
+    return 0
+
+
 def _parse(parser: HfArgumentParser, argv: list[str]):
     try:
         return parser.parse_args_into_dataclasses(args=argv)
@@ -96,7 +127,7 @@ def _parse(parser: HfArgumentParser, argv: list[str]):
         raise UserError(str(err)) from None
 
 
-COMMANDS = {"run": _run, "demo": _demo, "predict": _predict, "data": _data}
+COMMANDS = {"run": _run, "demo": _demo, "predict": _predict, "data": _data, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:

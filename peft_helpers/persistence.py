@@ -79,13 +79,13 @@ def check_adapter_keys(peft_model: PeftModel, adapter_dir) -> None:
                         f"missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}).")
 
 
-def check_can_save(output_dir: str | Path, overwrite: bool) -> None:
+def check_can_save(output_dir: str | Path, overwrite: bool, what: str = "an adapter") -> None:
     """Refuse a target that holds something, unless overwriting was asked for; call it before training too."""
     target = Path(output_dir)
     if target.exists() and not target.is_dir():
-        raise UserError(f"{target} exists and is a file: choose another output_dir.")
+        raise UserError(f"{target} exists and is a file: choose another output folder.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UserError(f"{target} already holds an adapter: pass --overwrite (overwrite=True) or choose another output_dir.")
+        raise UserError(f"{target} already holds {what}: pass --overwrite (overwrite=True) or choose another folder.")
 
 
 def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: dict, overwrite: bool = False) -> Path:
@@ -97,22 +97,83 @@ def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: 
     """
     if not isinstance(model, PeftModel):
         raise UserError("save_adapter expects the PeftModel from create_lora_model (not the base model).")
+    full = {**metadata, "versions": versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
+        (tmp / "README.md").write_text(model_card(full, merged=False))
+
+    return write_folder(output_dir, write, overwrite)
+
+
+def write_folder(output_dir: str | Path, write, overwrite: bool = False, what: str = "an adapter") -> Path:
+    """Fill a folder atomically: `write(tmp)` fills a temporary folder beside `output_dir`, which is renamed into
+    place only when complete, so a crash, a full disk or Ctrl-C leaves the old folder or the new one, never a mix.
+    An existing folder is replaced only with `overwrite=True`. Used for adapters and exports."""
     target = Path(output_dir)
     recover_interrupted_save(target)
-    check_can_save(target, overwrite)
+    check_can_save(target, overwrite, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        full = {**metadata, "versions": versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
+        write(tmp)
         make_shareable(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def model_card(metadata: dict, merged: bool) -> str:
+    """README.md for an adapter folder or a merged export: what it is, how it was trained and scored, how to load it."""
+    cfg, metrics, names = metadata.get("config", {}), metadata.get("metrics", {}), metadata["label_names"]
+    data = cfg.get("dataset") or cfg.get("data_dir") or "rotten_tomatoes (Hugging Face Hub)"
+    rows = "\n".join(
+        f"| {k} | {metrics['baseline'][k]:.4f} | {metrics['finetuned'][k]:.4f} |"
+        for k in ("accuracy", "precision", "recall", "f1") if k in metrics.get("baseline", {})
+    )
+    labels = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    if merged:
+        load = ('from transformers import pipeline\n\nclassify = pipeline("text-classification", model="THIS_FOLDER")\n'
+                'classify("A gripping, beautifully acted film.")')
+        what = ("the LoRA weights merged into the base model, classification head included: a plain transformers "
+                "model, no peft needed")
+    else:
+        load = ("from peft import AutoPeftModelForSequenceClassification\n\n"
+                f"model = AutoPeftModelForSequenceClassification.from_pretrained(\n    \"THIS_FOLDER\", num_labels={len(names)},\n"
+                f"    id2label={dict(enumerate(names))!r},\n    label2id={ {n: i for i, n in enumerate(names)}!r})\n"
+                "# or, with this project's checks: peft_helpers.load_adapter(\"THIS_FOLDER\")")
+        what = ("a LoRA adapter (peft) for the base model below; the new classification head is saved with it "
+                "(modules_to_save)")
+    return f"""---
+library_name: {"transformers" if merged else "peft"}
+base_model: {metadata['base_model']}
+pipeline_tag: text-classification
+---
+
+# {metadata['base_model']} fine-tuned with LoRA for text classification
+
+This folder holds {what}. Made with `peft_helpers` (LightweightFineTuning project).
+
+- Base model: `{metadata['base_model']}` ({metadata.get('architecture', '')})
+- Data: {data}; labels {labels}
+- Method: LoRA, r={cfg.get('r')}, alpha={cfg.get('alpha')}, dropout={cfg.get('dropout')}, target modules
+  {cfg.get('target_modules') or 'the architecture default'}; {cfg.get('epochs')} epoch(s) at learning rate
+  {cfg.get('learning_rate')}, batch size {cfg.get('batch_size')}, max_length {cfg.get('max_length')}, seed {cfg.get('seed')}
+
+| metric (test split) | pretrained, new head | fine-tuned |
+| --- | --- | --- |
+{rows}
+
+## How to load
+
+```python
+{load}
+```
+"""
 
 
 def make_shareable(path: str | Path) -> None:

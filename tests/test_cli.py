@@ -113,7 +113,8 @@ def test_usage_and_unknown_command(capsys):
     assert main([]) == 2 and "usage" in capsys.readouterr().err
     assert main(["--help"]) == 0 and "commands" in capsys.readouterr().out
     assert main(["trian", "--model", "gpt2"]) == 2
-    assert capsys.readouterr().err.strip() == "error: unknown command 'trian': use one of run, demo, predict, data (--help lists them)."
+    expected = "error: unknown command 'trian': use one of run, demo, predict, data, export (--help lists them)."
+    assert capsys.readouterr().err.strip() == expected
 
 
 def test_unsupported_library_version_is_one_line(capsys, monkeypatch):
