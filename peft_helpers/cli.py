@@ -16,7 +16,7 @@ USAGE = """usage: python -m peft_helpers COMMAND [options]
 commands:
   run      load data, evaluate the pretrained model, train LoRA, save, reload, evaluate, compare
   demo     `run` with the demo settings: GPT-2 + Hub data online, the packaged MiniLM + local data offline
-  predict  classify texts with a saved adapter: predict ADAPTER_DIR "text" ...
+  predict  classify with a saved adapter: predict ADAPTER_DIR "text" ... | --input FILE --output FILE
   data     load and check the data of a run without a model: data --data-dir PATH (or --dataset NAME) ...
   export   a standalone model (LoRA merged, head, labels, tokenizer): export ADAPTER_DIR OUT_DIR --merge
 
@@ -76,13 +76,32 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+@dataclass
+class PredictFileOptions:
+    input: str = field(metadata={"help": "CSV, TSV, JSON Lines or Parquet file to classify."})
+    output: str = field(metadata={"help": "Where the predictions go (same formats): input columns + predicted_label + p(<label>)."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the texts."})
+    chunk_size: int = field(default=10_000, metadata={"help": "Rows read, predicted and written at a time (bounds memory)."})
+    batch_size: int = field(default=64, metadata={"help": "Texts per forward pass."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file."})
+
+
 def _predict(argv: list[str]) -> int:
-    from .inference import predict
+    from .inference import predict, predict_file
     from .persistence import load_adapter
 
+    usage = ('usage: python -m peft_helpers predict ADAPTER_DIR "text" ["text" ...]\n'
+             "       python -m peft_helpers predict ADAPTER_DIR --input FILE --output FILE [--text-column COLUMN]")
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
-        print('usage: python -m peft_helpers predict ADAPTER_DIR "text" ["text" ...]')
+        print(usage)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[1].startswith("--"):
+        (options,) = _parse(HfArgumentParser((PredictFileOptions,), prog="python -m peft_helpers predict ADAPTER_DIR"), argv[1:])
+        model, tokenizer, _ = load_adapter(argv[0])
+        rows = predict_file(model, tokenizer, options.input, options.output, options.text_column, options.chunk_size,
+                            options.batch_size, options.overwrite)
+        print(f"{rows:,} rows classified: {options.output}")
+        return 0
     model, tokenizer, _ = load_adapter(argv[0])
     for row in predict(model, tokenizer, argv[1:]).records():
         probs = ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("p("))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from datasets import Dataset
 
@@ -46,3 +48,113 @@ def predict(model, tokenizer, texts: list[str] | str, batch_size: int = 32, max_
     probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     names = [config.id2label[i] for i in range(logits.shape[-1])]
     return Predictions(texts, [names[i] for i in probabilities.argmax(-1)], probabilities, names)
+
+
+# --- Files ------------------------------------------------------------------------------------------------------
+
+_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+_EMPTY = pd.DataFrame()
+_FILE_TYPES = (".csv", ".tsv", ".jsonl", ".parquet")
+
+
+def _chunks(path: Path, chunk_size: int, columns: list[str] | None = None):
+    """The file as DataFrames of at most `chunk_size` rows, read as written (CSV/TSV fields stay strings)."""
+    suffix = path.suffix.lower()
+    if suffix in _SEPARATORS:
+        yield from pd.read_csv(path, sep=_SEPARATORS[suffix], dtype=str, keep_default_na=False, na_filter=False,
+                               chunksize=chunk_size, usecols=columns, encoding="utf-8")
+    elif suffix == ".jsonl":
+        for chunk in pd.read_json(path, lines=True, dtype=False, chunksize=chunk_size, encoding="utf-8"):
+            yield chunk if columns is None else chunk[columns]
+    else:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size, columns=columns):
+            yield batch.to_pandas()
+
+
+def _scan(path: Path, text_column: str, chunk_size: int) -> int:
+    """First pass, reading only the text column: the row count, or one error naming the empty rows."""
+    rows, count, first = 0, 0, []
+    try:
+        columns = [str(c) for c in next(_chunks(path, 1), _EMPTY).columns]
+        if text_column not in columns:
+            raise UserError(f"{path.name} has no column {text_column!r} (columns: {', '.join(columns) or 'none'}): "
+                            "pass --text-column with the text's column.")
+        for chunk in _chunks(path, chunk_size, [text_column]):
+            bad = [rows + i for i, t in enumerate(chunk[text_column]) if not isinstance(t, str) or not t.strip()]
+            count, first, rows = count + len(bad), (first + bad)[:5], rows + len(chunk)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 (bad byte at position {err.start}): re-save it as UTF-8.") from None
+    except UserError:
+        raise
+    except Exception as err:  # pandas and pyarrow raise many types for malformed files
+        raise UserError(f"could not read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if rows == 0:
+        raise UserError(f"{path} holds no rows to classify.")
+    if count:
+        raise UserError(f"{path.name} has {count} empty text(s) in column {text_column!r} (data rows "
+                        f"{', '.join(str(i + 1) for i in first)}{', ...' if count > len(first) else ''}): remove or "
+                        "fill them; nothing was predicted.")
+    return rows
+
+
+def predict_file(model, tokenizer, input_path: str | Path, output_path: str | Path, text_column: str = "text",
+                 chunk_size: int = 10_000, batch_size: int = 64, overwrite: bool = False) -> int:
+    """Classify every row of a CSV/TSV/JSON Lines/Parquet file and write the input's columns plus
+    `predicted_label` and one `p(<label>)` column per class, in the same format. Reads and writes `chunk_size` rows
+    at a time (memory does not grow with the file), sorts each chunk's texts by length for batching, and writes
+    to a temporary file renamed into place at the end. Returns the number of rows."""
+    import os
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    source, target = Path(input_path), Path(output_path)
+    for path in (source, target):
+        if path.suffix.lower() not in _FILE_TYPES:
+            raise UserError(f"{path}: use a .csv, .tsv, .jsonl or .parquet file.")
+    if not source.is_file():
+        raise UserError(f"input file {source} does not exist.")
+    if target.exists() and not overwrite:
+        raise UserError(f"{target} exists: pass --overwrite or choose another output file.")
+    total = _scan(source, text_column, chunk_size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    writer, done = None, 0
+    try:
+        with tqdm(total=total, desc="Predicting", unit="row") as bar:
+            for chunk in _chunks(source, chunk_size):
+                result = predict(model, tokenizer, list(chunk[text_column]), batch_size=batch_size)
+                chunk = chunk.assign(predicted_label=result.labels,
+                                     **{f"p({n})": result.probabilities[:, i] for i, n in enumerate(result.label_names)})
+                writer = _append(chunk, Path(tmp), target.suffix.lower(), writer, first=done == 0)
+                done += len(chunk)
+                bar.update(len(chunk))
+        if writer is not None:
+            writer.close()
+        os.replace(tmp, target)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return done
+
+
+def _append(chunk, path: Path, suffix: str, writer, first: bool):
+    """Add a chunk to the output file; returns the Parquet writer (None for text formats)."""
+    if suffix in _SEPARATORS:
+        chunk.to_csv(path, sep=_SEPARATORS[suffix], index=False, header=first, mode="w" if first else "a")
+    elif suffix == ".jsonl":
+        with open(path, "w" if first else "a", encoding="utf-8") as f:
+            f.write(chunk.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n") + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(chunk, preserve_index=False)
+        writer = writer or pq.ParquetWriter(str(path), table.schema)
+        writer.write_table(table)
+    return writer
