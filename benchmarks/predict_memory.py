@@ -29,6 +29,7 @@ def one(rows: int, work: Path) -> dict:
     import csv
 
     from conftest import make_tiny_gpt2
+
     from peft_helpers.config import RunConfig
     from peft_helpers.inference import predict_file
     from peft_helpers.persistence import load_adapter
