@@ -83,7 +83,7 @@ def test_merged_export_loads_without_peft_with_labels_and_same_predictions(kind,
     ("not-an-adapter", "is not a PEFT adapter"),
     ("exists", "already holds files: pass --overwrite"),
     ("no-merge", "add --merge"),
-])
+], ids=["not-an-adapter", "exists", "no-merge"])
 def test_export_bad_input_one_line(case, message, four_class_adapter, tmp_path, capsys):
     adapter, _ = four_class_adapter
     out = tmp_path / "merged"

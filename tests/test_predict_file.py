@@ -63,7 +63,7 @@ def test_predict_file_in_chunks_keeps_columns_and_matches_predict(adapter, tmp_p
     ("empty-rows", r"has 2 empty text\(s\) in column 'review' \(data rows 2, 4\): .* nothing was predicted"),
     ("not-utf8", "is not UTF-8"),
     ("output-exists", "exists: pass --overwrite"),
-])
+], ids=["missing-column", "empty-rows", "not-utf8", "output-exists"])
 def test_predict_file_bad_input_one_line(adapter, tmp_path, capsys, case, message):
     _, folder = adapter
     source, target = tmp_path / "in.csv", tmp_path / "out.csv"
