@@ -63,6 +63,14 @@ def test_named_dataset_bad_input(tmp_path, kwargs, message):
         load_data(dataset=str(tmp_path / "saved"), **kwargs)
 
 
+def test_unknown_config_is_refused_with_the_available_ones(tmp_path):
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).to_parquet(str(folder / "train.parquet"))
+    with pytest.raises(UserError, match=r"BuilderConfig 'nonexistent' not found. Available: \['default'\]"):
+        load_data(dataset=str(folder), dataset_config="nonexistent")
+
+
 def test_hidden_test_labels_are_refused_with_the_way_out(tmp_path):
     features = Features({"text": Value("string"), "label": ClassLabel(names=["a", "b"])})
     train = Dataset.from_dict({"text": [f"t{i}" for i in range(20)], "label": [i % 2 for i in range(20)]}, features=features)

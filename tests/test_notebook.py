@@ -103,3 +103,19 @@ def test_executed_copy_is_stamped_with_how_it_was_made(notebook_run, tmp_path):
     cells = nbformat.read(copy, as_version=4).cells
     assert cells[0].source.startswith("**Executed copy**") and '`model="tiny"`' in cells[0].source
     assert not cells[1].source.startswith("**Executed copy**") and len(cells) == len(nb.cells) + 1
+
+
+def test_notebook_runs_on_the_ag_news_folder_with_its_four_names(tiny_gpt2, tmp_path):
+    """A headerless four-class CSV with classes.txt, given as nothing but its folder."""
+    from conftest import SHARED
+
+    out_nb = tmp_path / "ag.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(out_nb), cwd=str(tmp_path), kernel_name="python3", progress_bar=False,
+        parameters={"model": str(tiny_gpt2), "data_dir": str(SHARED / "data" / "ag_news"), "output_dir": str(tmp_path / "a"),
+                    "train_size": 64, "eval_size": 32, "epochs": 1, "batch_size": 8},
+    )
+    meta = json.loads((tmp_path / "a" / "peft_helpers.json").read_text())
+    assert meta["label_names"] == ["World", "Sports", "Business", "Sci/Tech"]
+    text = json.dumps([o for c in nbformat.read(out_nb, as_version=4).cells if c.cell_type == "code" for o in c.outputs])
+    assert "Sci/Tech" in text and "no header row" in text
