@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,6 +50,11 @@ class RunConfig:
     truncation: str = field(
         default="head",
         metadata={"help": "Which tokens of a text longer than max_length are kept: head, tail or head+tail."},
+    )
+    report_to: str = field(
+        default="none",
+        metadata={"help": "Training logs: none, tensorboard (in runs/<name>-logs), or mlflow, wandb, trackio where "
+                          "installed (comma-separated for several). Nothing is contacted over the network by default."},
     )
     class_weights: str | None = field(
         default=None, metadata={"help": "'balanced': weight the loss by inverse class frequency (imbalanced data)."}
@@ -125,6 +131,11 @@ class RunConfig:
             raise UserError(f"text_pair_column is the text column ({self.text_column!r}): name the second text column.")
         if self.truncation not in ("head", "tail", "head+tail"):
             raise UserError(f"truncation={self.truncation!r} is invalid: use head, tail or head+tail.")
+        for backend in self.report_to.split(","):
+            if backend not in LOG_BACKENDS:
+                raise UserError(f"report_to={backend!r} is not known: use {', '.join(LOG_BACKENDS)}.")
+            if LOG_BACKENDS[backend] and importlib.util.find_spec(LOG_BACKENDS[backend]) is None:
+                raise UserError(f"report_to={backend!r} needs the package {LOG_BACKENDS[backend]}: pip install {backend}.")
         if self.class_weights not in (None, "balanced"):
             raise UserError(f"class_weights={self.class_weights!r} is invalid: use balanced, or leave it out.")
         if self.output_dir is not None and not str(self.output_dir).strip():
@@ -154,6 +165,15 @@ class RunConfig:
         """The settings that define what a training run computes: a checkpoint may only be resumed by a run
         with the same ones (where checkpoints and the adapter go does not matter)."""
         return {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "checkpoint_dir", "save_steps")}
+
+
+# Training-log backends the Trainer can report to, and the module each needs.
+LOG_BACKENDS = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
+
+
+def log_dir(cfg: RunConfig) -> Path:
+    """Where TensorBoard logs go: beside the checkpoints, which are deleted once the adapter is saved."""
+    return Path(f"{cfg.checkpoint_dir}-logs")
 
 
 # LoRA and training settings per architecture family (`config.model_type`), tuned on Rotten Tomatoes with the

@@ -16,7 +16,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from .compat import rng_state_loading
-from .config import RunConfig
+from .config import RunConfig, log_dir
 from .errors import UserError
 from .metrics import compute_metrics
 from .modeling import default_device
@@ -136,10 +136,28 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
         logging_first_step=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
+        report_to=other_log_backends(cfg),
         use_cpu=default_device() == "cpu",
         **mixed_precision(),
     )
+
+
+def other_log_backends(cfg: RunConfig) -> list[str] | str:
+    """The Trainer's report_to without TensorBoard, which log_callbacks adds with its own writer."""
+    backends = [b for b in cfg.report_to.split(",") if b not in ("none", "tensorboard")]
+    return backends or "none"
+
+
+def log_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
+    """A TensorBoardCallback writing to config.log_dir(cfg). Given its own writer, it logs to the same place in
+    transformers 4.x (where TrainingArguments.logging_dir would also work) and 5.x (where only an environment
+    variable would), and outside the checkpoint folder that is deleted after saving."""
+    if "tensorboard" not in cfg.report_to.split(","):
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(log_dir(cfg))))]
 
 
 def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> LengthGroupedTrainer:
@@ -153,7 +171,7 @@ def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Length
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[SaveEachEpoch()],
+        callbacks=[SaveEachEpoch(), *log_callbacks(cfg)],
         class_weights=weights,
     )
 

@@ -212,3 +212,24 @@ def test_training_changes_the_adapter(tiny_gpt2, rt_dir, tmp_path):
     assert all(trained[k].abs().max() > 0 for k in lora_b)
     head = [k for k in trained if "score" in k]
     assert head and not torch.equal(trained[head[0]], initial[head[0]])
+
+
+def test_tensorboard_logs_hold_the_validation_accuracy_of_each_epoch(tiny_gpt2, rt_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, runs = tmp_path / "adapter", tmp_path / "runs"
+    assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size", "16",
+                 "--batch-size", "8", "--epochs", "2", "--report-to", "tensorboard", "--output-dir", str(out),
+                 "--checkpoint-dir", str(runs)]) == 0
+    assert not runs.exists()  # checkpoints removed; the logs are kept beside them
+    events = EventAccumulator(str(tmp_path / "runs-logs")).Reload()
+    accuracy = events.Scalars("eval/accuracy")
+    curve = json.loads((out / "results.json").read_text())["learning_curve"]
+    assert [round(e.value, 6) for e in accuracy] == [round(r["eval_accuracy"], 6) for r in curve if "eval_accuracy" in r]
+    assert len(accuracy) == 2 and "train/loss" in events.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("backend, message", [("tensorbord", "is not known"), ("wandb", "needs the package wandb")])
+def test_unknown_or_missing_log_backend_is_one_line(capsys, backend, message):
+    assert main(["data", "--report-to", backend]) == 2
+    assert message in capsys.readouterr().err
