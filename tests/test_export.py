@@ -83,7 +83,8 @@ def test_merged_export_loads_without_peft_with_labels_and_same_predictions(kind,
     ("not-an-adapter", "is not a PEFT adapter"),
     ("exists", "already holds files: pass --overwrite"),
     ("no-merge", "add --merge"),
-], ids=["not-an-adapter", "exists", "no-merge"])
+    ("base-unavailable", "model folder /nonexistent/base does not exist"),
+], ids=["not-an-adapter", "exists", "no-merge", "base-unavailable"])
 def test_export_bad_input_one_line(case, message, four_class_adapter, tmp_path, capsys):
     adapter, _ = four_class_adapter
     out = tmp_path / "merged"
@@ -91,6 +92,13 @@ def test_export_bad_input_one_line(case, message, four_class_adapter, tmp_path, 
         out.mkdir()
         (out / "keep.txt").write_text("mine")
     source = tmp_path if case == "not-an-adapter" else adapter
+    if case == "base-unavailable":  # a copy of the adapter whose recorded base model is gone
+        import shutil
+
+        source = tmp_path / "moved"
+        shutil.copytree(adapter, source)
+        meta = json.loads((source / "peft_helpers.json").read_text())
+        (source / "peft_helpers.json").write_text(json.dumps({**meta, "base_model": "/nonexistent/base"}))
     args = ["export", str(source), str(out)] + ([] if case == "no-merge" else ["--merge"])
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
