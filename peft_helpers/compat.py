@@ -25,29 +25,22 @@ def dtype_kwarg(dtype) -> dict:
 
 
 def network_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the Hub could not be reached": huggingface_hub < 1.0 talks through `requests`
-    (its errors are OSErrors), 1.0 and later through `httpx`."""
+    """Exceptions that mean "the Hub could not be reached". huggingface_hub < 1.0 talks through `requests` (its
+    errors are OSErrors), 1.x through `httpx`, 2.x through `httpx2`; each client's base error is included when
+    that client is installed."""
+    import importlib
+
     errors: list[type[BaseException]] = [OSError, TimeoutError]
     try:
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-        errors += [HfHubHTTPError, OfflineModeIsEnabled]
     except ImportError:  # huggingface_hub < 0.23 kept them in huggingface_hub.utils
         from huggingface_hub.utils import HfHubHTTPError, OfflineModeIsEnabled
-
-        errors += [HfHubHTTPError, OfflineModeIsEnabled]
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:
-        pass
-    try:
-        import requests
-
-        errors.append(requests.RequestException)
-    except ImportError:
-        pass
+    errors += [HfHubHTTPError, OfflineModeIsEnabled]
+    for module, name in (("requests", "RequestException"), ("httpx", "HTTPError"), ("httpx2", "HTTPError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
     return tuple(errors)
 
 

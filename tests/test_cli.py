@@ -233,3 +233,14 @@ def test_tensorboard_logs_hold_the_validation_accuracy_of_each_epoch(tiny_gpt2, 
 def test_unknown_or_missing_log_backend_is_one_line(capsys, backend, message):
     assert main(["data", "--report-to", backend]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_hub_unreachable_through_the_real_http_client(tmp_path):
+    """No HF_HUB_OFFLINE: the Hub client really tries, against a closed local port, and whatever HTTP library it
+    uses (requests, httpx, httpx2), the demo's check says offline instead of raising."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path))
+    code = "from peft_helpers.demo import hub_available; print(hub_available(timeout=3))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
