@@ -190,7 +190,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
 }
 
 
-# Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 with LoRA trains at about 15
+# Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 with LoRA trains at 15 to 17
 # examples/s on two CPU cores (benchmarks/gpt2_cpu_speed.py prints the rate and both estimates), so the full
 # 8,530 take about 9 minutes per epoch and 2,000 about 2 minutes.
 CPU_TRAIN_SIZE = 2000
