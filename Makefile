@@ -70,7 +70,7 @@ executed: venv
 		--data-dir $(SHARED_DATA)
 	$(PY) -m jupyter nbconvert --to html executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb
 
-notebook-real: executed
+notebook-real: executed  # the old name of `make executed`
 
 bench: venv
 	$(PY) benchmarks/bench.py --out BENCHMARKS.md
