@@ -114,16 +114,8 @@ def load_named_dataset(
             raise UserError(f"{name} ({split} split) has no column {absent[0]!r} (columns: {', '.join(ds.column_names)}): "
                             "pass --text-column/--label-column/--text-pair-column with the right names.")
     names, ids = _named_labels(parts, label_column, name)
-    features = {"text": Value("string"), "label": ClassLabel(names=names)}
-    if text_pair_column:
-        features["text_pair"] = Value("string")
-    data = {}
-    for split, ds in parts.items():
-        columns = {"text": [_join(row) for row in zip(*(ds[c] for c in text_column.split("+")))], "label": ids[split]}
-        if text_pair_column:
-            columns["text_pair"] = [str(t) if t is not None else "" for t in ds[text_pair_column]]
-        data[split] = Dataset.from_dict(columns, features=Features(features))
-    return carve_missing_splits(DatasetDict(data), seed)
+    text_columns = {split: text_column for split in parts}
+    return carve_missing_splits(_assemble(parts, text_columns, text_pair_column, names, ids), seed)
 
 
 def _load_by_name(name: str, config: str | None) -> DatasetDict:
@@ -149,9 +141,34 @@ def _load_by_name(name: str, config: str | None) -> DatasetDict:
     return raw
 
 
-def _join(parts) -> str:
-    """Several text columns (--text-column title+description) become one text, in order."""
-    return " ".join(str(p) for p in parts if p is not None and str(p).strip())
+def _text(value) -> str:
+    """A field as text: a missing value (None, NaN) becomes empty, so that the empty-text check refuses it."""
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _texts(rows, text_column: str) -> list[str]:
+    """The text of each row (a DataFrame or a Dataset); several columns (--text-column title+description) are
+    joined in order."""
+    columns = [rows[c] for c in text_column.split("+")]
+    if len(columns) == 1:
+        return [_text(t) for t in columns[0]]
+    return [" ".join(t for t in map(_text, row) if t.strip()) for row in zip(*columns)]
+
+
+def _assemble(parts: dict, text_columns: dict[str, str], text_pair_column: str | None, names: list[str],
+              ids: dict[str, list[int]]) -> DatasetDict:
+    """Our splits (text, optional text_pair, ClassLabel label) from each source split's rows; `text_columns` gives
+    each split's text column (headerless files are detected one by one)."""
+    features = {"text": Value("string"), "label": ClassLabel(names=names)}
+    if text_pair_column:
+        features["text_pair"] = Value("string")
+    data = {}
+    for split, rows in parts.items():
+        columns = {"text": _texts(rows, text_columns[split]), "label": ids[split]}
+        if text_pair_column:
+            columns["text_pair"] = _texts(rows, text_pair_column)
+        data[split] = Dataset.from_dict(columns, features=Features(features))
+    return DatasetDict(data)
 
 
 def _named_labels(parts: dict[str, Dataset], label_column: str, name: str) -> tuple[list[str], dict[str, list[int]]]:
@@ -246,26 +263,12 @@ def load_text_classification(
                 raise UserError(f"{table.path.name} has no column {text_pair_column!r} (columns: "
                                 f"{', '.join(table.frame.columns)}): pass --text-pair-column with the right name.")
             _check_rows(table, text_pair_column, columns[split][1])
-    raw_labels = {split: [table.frame[columns[split][1]].iloc[i] for i in range(len(table.frame))] for split, table in tables.items()}
+    raw_labels = {split: list(table.frame[columns[split][1]]) for split, table in tables.items()}
     class_names = _class_names_file(path if path.is_dir() else path.parent)
     names, ids = encode_label_values(raw_labels, tables, class_names)
-    features = {"text": Value("string"), "label": ClassLabel(names=names)}
-    if text_pair_column is not None:
-        features["text_pair"] = Value("string")
-    data = {}
-    for split, table in tables.items():
-        columns_ = {"text": _texts(table.frame, columns[split][0]), "label": ids[split]}
-        if text_pair_column is not None:
-            columns_["text_pair"] = _texts(table.frame, text_pair_column)
-        data[split] = Dataset.from_dict(columns_, features=Features(features))
-    return carve_missing_splits(DatasetDict(data), seed)
-
-
-def _texts(frame: pd.DataFrame, text_column: str) -> list[str]:
-    parts = text_column.split("+")
-    if len(parts) == 1:
-        return [str(t) for t in frame[text_column]]
-    return [_join(row) for row in zip(*(frame[c] for c in parts))]
+    frames = {split: table.frame for split, table in tables.items()}
+    text_columns = {split: text for split, (text, _) in columns.items()}
+    return carve_missing_splits(_assemble(frames, text_columns, text_pair_column, names, ids), seed)
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -380,9 +383,7 @@ def _detect_columns(frame: pd.DataFrame) -> tuple[str, list[str]]:
 def _check_rows(table: Table, text_column: str, label_column: str) -> None:
     """Refuse empty texts and missing labels, naming the file, the first row and the count."""
     for column, what in ((text_column, "empty or missing text(s)"), (label_column, "missing label(s)")):
-        values = _texts(table.frame, column) if "+" in column else table.frame[column]
-        empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and np.isnan(v))
-                 or (isinstance(v, str) and not v.strip())]
+        empty = [i for i, v in enumerate(_texts(table.frame, column)) if not v.strip()]
         if empty:
             raise UserError(f"{table.path.name} has {len(empty)} {what}, first at {table.where(empty[0])}: "
                             "fill in or remove those rows.")
@@ -625,7 +626,7 @@ def tokenize(data: DatasetDict, tokenizer, max_length: int, truncation: str = "h
         raise UserError("the tokenizer has no pad token: call modeling.ensure_pad_token(tokenizer, model) first.")
     if truncation not in TRUNCATION:
         raise UserError(f"truncation={truncation!r}: use one of {', '.join(TRUNCATION)}.")
-    pairs = "text_pair" in data["train"].column_names
+    pairs = "text_pair" in next(iter(data.values())).column_names
     if pairs and truncation == "head+tail":
         raise UserError("head+tail truncation works on single texts: use head or tail with a text pair column.")
 

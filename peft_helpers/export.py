@@ -39,8 +39,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
         metadata = {**metadata, "config": {**metadata["config"], "data_dir": check_data, "dataset": None}}
     cfg = metadata["config"]
     texts = reference_texts(metadata)
-    # tokenize() reads the train split for the pair column; the reference rows stand in for it
-    reference = tokenize(DatasetDict({"train": texts, "test": texts}), tokenizer, cfg.get("max_length", 128),
+    reference = tokenize(DatasetDict({"test": texts}), tokenizer, cfg.get("max_length", 128),
                          cfg.get("truncation", "head"))["test"]
     expected = predict_logits(model, tokenizer, reference, desc="Adapter")
     merged = model.merge_and_unload()  # the head (modules_to_save) replaces the base model's new head

@@ -110,6 +110,8 @@ def predict_file(model, tokenizer, input_path: str | Path, output_path: str | Pa
 
     from tqdm.auto import tqdm
 
+    from .persistence import make_shareable
+
     source, target = Path(input_path), Path(output_path)
     for path in (source, target):
         if path.suffix.lower() not in _FILE_TYPES:
@@ -134,6 +136,7 @@ def predict_file(model, tokenizer, input_path: str | Path, output_path: str | Pa
                 bar.update(len(chunk))
         if writer is not None:
             writer.close()
+        make_shareable(tmp)  # mkstemp creates the file private (0600); give it a plain write's permissions
         os.replace(tmp, target)
     except BaseException:
         if writer is not None:

@@ -150,10 +150,7 @@ def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
     """LoRA settings for `model`: per-architecture targets, Conv1D layout for GPT-2, a trained and saved head."""
     cfg.require_resolved()
     targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(model)
-    matched = [
-        module for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)
-    ]
-    if not matched:
+    if not matching_modules(model, targets):
         raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
     fan_in_fan_out = uses_conv1d(model, targets)
     return LoraConfig(
@@ -167,12 +164,15 @@ def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
     )
 
 
+def matching_modules(model: PreTrainedModel, targets: list[str]) -> list[torch.nn.Module]:
+    """The modules whose name is, or ends in, one of `targets` (how peft matches target_modules given as names)."""
+    return [module for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)]
+
+
 def uses_conv1d(model: PreTrainedModel, targets: list[str]) -> bool:
     """GPT-2's attention uses Conv1D, whose weight is stored transposed (in, out) compared with nn.Linear: LoRA
     needs fan_in_fan_out=True there."""
-    return any(
-        isinstance(module, Conv1D) for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)
-    )
+    return any(isinstance(module, Conv1D) for module in matching_modules(model, targets))
 
 
 def create_lora_model(model: PreTrainedModel, cfg: RunConfig) -> PeftModel:

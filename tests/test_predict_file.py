@@ -2,6 +2,7 @@
 and bad input in one line with nothing written."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -56,6 +57,9 @@ def test_predict_file_in_chunks_keeps_columns_and_matches_predict(adapter, tmp_p
     assert out["predicted_label"].tolist() == expected.labels
     np.testing.assert_allclose(out[["p(neg)", "p(pos)"]].astype(float).to_numpy(), expected.probabilities, atol=1e-6)
     assert not list(tmp_path.glob(".out*"))  # the temporary file was renamed into place
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable like any written file, not mkstemp's 0600
 
 
 @pytest.mark.parametrize("case, message", [
