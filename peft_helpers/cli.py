@@ -19,6 +19,7 @@ commands:
   predict  classify with a saved adapter: predict ADAPTER_DIR "text" ... | --input FILE --output FILE
   data     load and check the data of a run without a model: data --data-dir PATH (or --dataset NAME) ...
   export   a standalone model (LoRA merged, head, labels, tokenizer): export ADAPTER_DIR OUT_DIR --merge
+  compare  several PEFT methods and baselines on the same data, split and seed: one table and one plot
 
 `python -m peft_helpers run --help` lists every option."""
 
@@ -139,6 +140,33 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
+@dataclass
+class CompareOptions:
+    methods: str = field(default="all", metadata={"help": "Comma-separated PEFT methods, or 'all' (every method but qlora)."})
+    baselines: str = field(default="random_head,linear_probe,full,zero_shot",
+                           metadata={"help": "Comma-separated baselines (zero_shot: decoders only), or 'none'."})
+    seeds: str | None = field(default=None, metadata={"help": "Comma-separated seeds (default: --seed)."})
+    compare_dir: str | None = field(default=None, metadata={"help": "Where results go; default runs/compare-<model>."})
+    fresh: bool = field(default=False, metadata={"help": "Run every entry again, even those already done."})
+    collect_only: bool = field(default=False, metadata={"help": "Run nothing: only tabulate the entries already done."})
+
+
+def _compare(argv: list[str]) -> int:
+    from .compare import DEFAULT_METHODS, compare, default_out_dir
+
+    parser = HfArgumentParser((RunConfig, CompareOptions), prog="python -m peft_helpers compare")
+    cfg, options = _parse(parser, argv)
+    methods = DEFAULT_METHODS if options.methods == "all" else [m for m in options.methods.split(",") if m]
+    baselines = [] if options.baselines == "none" else [b for b in options.baselines.split(",") if b]
+    try:
+        seeds = [int(s) for s in options.seeds.split(",")] if options.seeds else [cfg.seed]
+    except ValueError:
+        raise UserError(f"seeds={options.seeds!r}: give whole numbers separated by commas, e.g. 42,43,44.") from None
+    compare(cfg, methods + baselines, seeds, options.compare_dir or default_out_dir(cfg), options.fresh,
+            options.collect_only)
+    return 0
+
+
 def _parse(parser: HfArgumentParser, argv: list[str]):
     try:
         return parser.parse_args_into_dataclasses(args=argv)
@@ -146,7 +174,7 @@ def _parse(parser: HfArgumentParser, argv: list[str]):
         raise UserError(str(err)) from None
 
 
-COMMANDS = {"run": _run, "demo": _demo, "predict": _predict, "data": _data, "export": _export}
+COMMANDS = {"run": _run, "demo": _demo, "predict": _predict, "data": _data, "export": _export, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

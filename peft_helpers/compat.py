@@ -1,6 +1,6 @@
 """Differences between the supported library versions, each a small named shim saying which version needs it.
 
-Supported: transformers 4.46 to 5.x, peft 0.13 to current, datasets 2.20 to current, torch 2.4 on
+Supported: transformers 4.46 to 5.x, peft 0.14 to current, datasets 2.20 to current, torch 2.4 on
 (requirements.txt; `make test-compat` runs the notebook and the command line on the oldest and newest).
 Everything else in the package is written against the API these versions share.
 """

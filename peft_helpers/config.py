@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
+from .methods import METHOD_OPTIONS, METHODS, check_options, get_method
 
 
 @dataclass
@@ -76,26 +77,48 @@ class RunConfig:
     warmup: float = field(default=0.06, metadata={"help": "Linear warm-up, as a ratio of all steps."})
     seed: int = field(default=42, metadata={"help": "Seed for subsets, head initialisation, LoRA and shuffling."})
     output_dir: str | None = field(
-        default=None, metadata={"help": "Where the adapter is saved; None = saved_adapters/<model>-lora."}
+        default=None, metadata={"help": "Where the adapter is saved; None = saved_adapters/<model>-<method>."}
     )
     checkpoint_dir: str | None = field(
         default=None, metadata={"help": "Training checkpoints (for --resume); None = runs/<output_dir's name>."}
     )
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every this many steps, and at each epoch end."})
-    r: int | None = field(default=None, metadata={"help": "LoRA rank; None = tuned for the architecture (8 for GPT-2)."})
+    r: int | None = field(default=None, metadata={"help": "Rank (LoRA family; VeRA); None = tuned for the architecture (8 for GPT-2)."})
     alpha: int | None = field(
-        default=None, metadata={"help": "LoRA alpha (the update is scaled by alpha / r); None = tuned (2 * r)."}
+        default=None, metadata={"help": "LoRA-family alpha (the update is scaled by alpha / r); None = tuned (2 * r)."}
     )
-    dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    dropout: float | None = field(
+        default=None, metadata={"help": "Dropout on the adapter branch (LoRA family, VeRA); None = 0.1."}
+    )
     target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Modules that get LoRA; None = tuned for the architecture (peft's default otherwise)."},
+        metadata={"help": "Modules that get the adapter; None = tuned for the architecture (peft's default otherwise)."},
+    )
+    method: str = field(
+        default="lora",
+        metadata={"help": "PEFT method: " + ", ".join(METHODS) + " (qlora: CUDA + bitsandbytes only)."},
+    )
+    num_virtual_tokens: int | None = field(
+        default=None, metadata={"help": "Virtual tokens of prompt_tuning, p_tuning, prefix_tuning; None = 20."}
+    )
+    metric_for_best: str | None = field(
+        default=None,
+        metadata={"help": "accuracy or f1: evaluate every save_steps and at each epoch end, and keep the adapter "
+                          "with the best validation value (None = the last one)."},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 mixed precision on GPUs that have it, else fp16; fp32 on CPU), fp32, bf16 or "
+                          "fp16 (as on a Colab T4); bf16 and fp16 need a CUDA GPU."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement (needs metric_for_best)."}
     )
 
     def __post_init__(self) -> None:
         self.validate()
         if self.output_dir is None:
-            self.output_dir = str(Path("saved_adapters") / f"{model_slug(self.model)}-lora")
+            self.output_dir = str(Path("saved_adapters") / f"{model_slug(self.model)}-{self.method}")
         if self.checkpoint_dir is None:
             self.checkpoint_dir = str(Path("runs") / (Path(self.output_dir).name or "run"))
 
@@ -116,11 +139,32 @@ class RunConfig:
             ("save_steps", isinstance(self.save_steps, int) and self.save_steps >= 1, "a whole number >= 1"),
             ("r", self.r is None or (isinstance(self.r, int) and self.r >= 1), "a whole number >= 1"),
             ("alpha", self.alpha is None or self.alpha > 0, "a positive number"),
-            ("dropout", 0 <= self.dropout < 1, "a value in [0, 1)"),
+            ("dropout", self.dropout is None or 0 <= self.dropout < 1, "a value in [0, 1)"),
+            ("num_virtual_tokens", self.num_virtual_tokens is None or (isinstance(self.num_virtual_tokens, int)
+                                                                       and self.num_virtual_tokens >= 1),
+             "a whole number >= 1"),
+            ("early_stopping_patience", self.early_stopping_patience is None or (
+                isinstance(self.early_stopping_patience, int) and self.early_stopping_patience >= 1),
+             "a whole number >= 1"),
         ]
         for name, ok, valid in checks:
             if not ok:
                 raise UserError(f"{name}={getattr(self, name)!r} is invalid: use {valid}.")
+        get_method(self.method)
+        check_options(self.method, {k: getattr(self, k) for k in METHOD_OPTIONS})
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"precision={self.precision!r} is invalid: use auto, fp32, bf16 or fp16.")
+        if self.precision in ("bf16", "fp16"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(f"precision={self.precision} needs a CUDA GPU: use auto or fp32 on this machine.")
+            if self.precision == "bf16" and not torch.cuda.is_bf16_supported():
+                raise UserError("this GPU has no bf16: use precision fp16 (or auto).")
+        if self.metric_for_best not in (None, "accuracy", "f1"):
+            raise UserError(f"metric_for_best={self.metric_for_best!r} is invalid: use accuracy or f1.")
+        if self.early_stopping_patience is not None and self.metric_for_best is None:
+            raise UserError("early_stopping_patience needs a metric to watch: add --metric-for-best accuracy (or f1).")
         if self.target_modules is not None and not self.target_modules:
             raise UserError("target_modules is an empty list: name at least one module, or use None for the default.")
         if self.data_dir is not None and not Path(self.data_dir).exists():
@@ -145,14 +189,23 @@ class RunConfig:
         return asdict(self)
 
     def resolved(self, model_type: str) -> RunConfig:
-        """A copy where every setting left at None takes the value tuned for this architecture family."""
-        tuned = {**FAMILY_DEFAULTS["default"], **FAMILY_DEFAULTS.get(model_type, {})}
+        """A copy where every setting left at None takes the value tuned for this architecture family and
+        method; options the method does not take stay None."""
+        family = {**FAMILY_DEFAULTS["default"], **FAMILY_DEFAULTS.get(model_type, {})}
+        spec = get_method(self.method)
+        options = {"r": family["r"], "alpha": family["alpha"], "dropout": 0.1, "num_virtual_tokens": 20,
+                   # the family's targets are tuned for the LoRA family; IA3 and VeRA use peft's own defaults
+                   "target_modules": family["target_modules"] if "alpha" in spec.options else None,
+                   **spec.defaults}
         if self.r is not None and self.alpha is None:
-            tuned["alpha"] = 2 * self.r  # keep the scale alpha / r = 2 when only r is given
+            options["alpha"] = 2 * self.r  # keep the scale alpha / r = 2 when only r is given
+        tuned = {"epochs": family["epochs"], "learning_rate": min(0.5, family["learning_rate"] * spec.lr_scale),
+                 **{k: options[k] for k in spec.options}}
         return replace(self, **{k: v for k, v in tuned.items() if getattr(self, k) is None})
 
     def is_resolved(self) -> bool:
-        return all(getattr(self, k) is not None for k in FAMILY_DEFAULTS["default"] if k != "target_modules")
+        needed = ["epochs", "learning_rate", *(k for k in get_method(self.method).options if k != "target_modules")]
+        return all(getattr(self, k) is not None for k in needed)
 
     def require_resolved(self) -> RunConfig:
         """Steps after `workflow.prepare` take the resolved config and never fill in defaults themselves."""

@@ -14,7 +14,8 @@ from .config import RunConfig
 from .data import load_run_data, tokenize
 from .errors import UserError
 from .evaluation import RELOAD_TOLERANCE, predict_logits
-from .persistence import METADATA_FILE, check_can_save, load_adapter, model_card, write_folder
+from .methods import get_method
+from .persistence import METADATA_FILE, check_can_save, load_adapter, model_card, read_metadata, write_folder
 
 
 def reference_texts(metadata: dict, limit: int = 512):
@@ -34,6 +35,10 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
     """Merge the adapter into its base model and save the result to `out_dir` (safetensors only, atomically).
     Returns {"out_dir", "checked_rows", "max_logit_diff"}; raises if the merged logits differ from the adapter's."""
     check_can_save(out_dir, overwrite, "files")  # before the slow work; checked again when writing
+    method = read_metadata(adapter_dir).get("config", {}).get("method", "lora")
+    if not get_method(method).mergeable:
+        raise UserError(f"{adapter_dir} is a {method} adapter: its virtual tokens are added at run time, so there are "
+                        "no weights to merge; share the adapter folder itself (peft loads it).")
     model, tokenizer, metadata = load_adapter(adapter_dir, device="cpu")
     if check_data is not None:
         metadata = {**metadata, "config": {**metadata["config"], "data_dir": check_data, "dataset": None}}

@@ -22,6 +22,7 @@ from transformers.pytorch_utils import Conv1D
 from .compat import dtype_kwarg
 from .config import RunConfig
 from .errors import UserError
+from .methods import build_config, check_fits, check_prefix_tuning, default_targets, get_method, padding_side
 from .offline import OFFLINE_MODELS, offline_model_name, offline_model_path
 
 # Heads of *ForSequenceClassification models: GPT-2/Llama call it `score`, BERT-style models `classifier`.
@@ -100,24 +101,43 @@ def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 def load_model(
-    model: str, label_names: list[str], seed: int = 42, max_length: int | None = None, device: str | None = None
+    model: str, label_names: list[str], seed: int = 42, max_length: int | None = None, device: str | None = None,
+    quantize_4bit: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A pretrained model with a freshly initialised (seeded) classification head for `label_names`, and its
-    tokenizer with a pad token. Never runs remote code."""
+    tokenizer with a pad token. Never runs remote code. `quantize_4bit`: the base in NF4 (QLoRA; CUDA only)."""
     load_config(model)  # clear errors before any weights are read
     tokenizer = load_tokenizer(model)
     set_seed(seed)  # the new head's initial weights
     id2label = dict(enumerate(label_names))
+    extra = quantization_kwargs() if quantize_4bit else dtype_kwarg(torch.float32)
     net = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(model),
         num_labels=len(label_names),
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
-        **dtype_kwarg(torch.float32),
+        **extra,
     )
     ensure_pad_token(tokenizer, net)
     check_compatible(net, tokenizer, max_length)
+    if quantize_4bit:  # placed on the GPU by the quantised loading; layer norms to fp32, inputs need gradients
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(net, use_gradient_checkpointing=False), tokenizer
     return net.to(device or default_device()), tokenizer
+
+
+def quantization_kwargs() -> dict:
+    """QLoRA's base: NF4 weights with double quantisation, bf16 compute (the QLoRA paper's settings)."""
+    from transformers import BitsAndBytesConfig
+
+    from .methods import qlora_problem
+
+    if problem := qlora_problem():
+        raise UserError(problem + ".")
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": bnb, "device_map": {"": 0}}
 
 
 def default_device() -> str:
@@ -175,9 +195,79 @@ def uses_conv1d(model: PreTrainedModel, targets: list[str]) -> bool:
     return any(isinstance(module, Conv1D) for module in matching_modules(model, targets))
 
 
+def reads_last_token(model: PreTrainedModel) -> bool:
+    """Decoder classifiers (GPT-2, Llama: head `score`) read the last real token; encoders read [CLS]."""
+    return head_name(model) == "score"
+
+
+def adapter_targets(model: PreTrainedModel, cfg: RunConfig) -> list[str] | None:
+    """The modules the method adapts (None for prompt methods): the run's, or peft's default for the method."""
+    if get_method(cfg.method).prompt:
+        return None
+    targets = list(cfg.target_modules) if cfg.target_modules else default_targets(cfg.method, model.config.model_type)
+    if not targets:
+        raise UserError(f"no default {cfg.method} targets for model type {model.config.model_type!r}: pass "
+                        "target_modules, e.g. the attention projections' names from print(model).")
+    if not matching_modules(model, targets):
+        raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
+    return targets
+
+
+def check_method_fits(model: PreTrainedModel, cfg: RunConfig) -> None:
+    """Refuse a method that does not fit this architecture or these lengths (works on an empty-weights model)."""
+    targets = adapter_targets(model, cfg)
+    check_fits(cfg.method, model.config, cfg.max_length, cfg.num_virtual_tokens,
+               targets is not None and uses_conv1d(model, targets))
+    if cfg.method == "prefix_tuning":
+        check_prefix_tuning(model)
+
+
+def skeleton(model: str) -> PreTrainedModel:
+    """The classifier's structure built from config.json with empty weights: module types, no memory, no weights."""
+    from accelerate import init_empty_weights
+
+    config = load_config(model)
+    config.num_labels = 2
+    with init_empty_weights():
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def is_decoder(model: str) -> bool:
+    return reads_last_token(skeleton(model))
+
+
+def check_method_before_loading(cfg: RunConfig) -> None:
+    """check_method_fits on the model's skeleton: a method that cannot work is refused before data or weights
+    load."""
+    check_method_fits(skeleton(cfg.model), cfg)
+
+
+def peft_config(model: PreTrainedModel, cfg: RunConfig, total_steps: int | None = None):
+    """The peft config of cfg.method for `model`: per-architecture targets, Conv1D layout for GPT-2, and the new
+    head trained and saved (modules_to_save). `total_steps` (optimizer steps) is needed by AdaLoRA's schedule."""
+    cfg.require_resolved()
+    if cfg.method == "lora":
+        return lora_config(model, cfg)  # the notebook writes this one out
+    check_method_fits(model, cfg)
+    targets = adapter_targets(model, cfg)
+    conv1d = targets is not None and uses_conv1d(model, targets)
+    return build_config(cfg.method, cfg, model.config.model_type, targets, conv1d, head_name(model), total_steps)
+
+
+def create_peft_model(model: PreTrainedModel, cfg: RunConfig, total_steps: int | None = None) -> PeftModel:
+    """Wrap `model` with cfg.method (seeded: adapter weights start random)."""
+    config = peft_config(model, cfg, total_steps)
+    set_seed(cfg.seed)
+    return get_peft_model(model, config)
+
+
 def create_lora_model(model: PreTrainedModel, cfg: RunConfig) -> PeftModel:
-    set_seed(cfg.seed)  # LoRA A matrices are initialised randomly
-    return get_peft_model(model, lora_config(model, cfg))
+    """create_peft_model under its older name (cfg.method decides the method)."""
+    return create_peft_model(model, cfg)
+
+
+def set_padding_side(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, method: str) -> None:
+    tokenizer.padding_side = padding_side(method, reads_last_token(model))
 
 
 @dataclass

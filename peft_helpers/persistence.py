@@ -19,7 +19,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from .errors import UserError
-from .modeling import base_identity, check_compatible, ensure_pad_token, load_model
+from .modeling import base_identity, check_compatible, ensure_pad_token, load_model, set_padding_side
 
 METADATA_FILE = "peft_helpers.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -88,19 +88,52 @@ def check_can_save(output_dir: str | Path, overwrite: bool, what: str = "an adap
         raise UserError(f"{target} already holds {what}: pass --overwrite (overwrite=True) or choose another folder.")
 
 
-def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: dict, overwrite: bool = False) -> Path:
+def save_initial_adapter(model: PeftModel, folder: str | Path) -> Path:
+    """PiSSA rewrites the base weights (W = W_res + B A at the start), so its trained adapter only fits the
+    rewritten base. Saving the untrained adapter lets save_adapter convert the trained one into a plain LoRA
+    adapter (rank 2r) that fits the original base, which is what load_adapter and every stock loader use."""
+    folder = Path(folder)
+    config = model.peft_config[model.active_adapter]
+    initial = config.init_lora_weights
+    config.init_lora_weights = True  # peft's recipe: the saved config must not run the PiSSA init again
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        config.init_lora_weights = initial
+    return folder
+
+
+def restore_saved_modules(model: PeftModel, weights_file: Path) -> None:
+    """peft's PiSSA-to-LoRA conversion writes the converted LoRA tensors only, dropping modules_to_save (the
+    trained head): a reload would then find no head. Put the tensors the conversion left out back in the file."""
+    from safetensors.torch import load_file, save_file
+
+    converted = load_file(str(weights_file))
+    state = get_peft_model_state_dict(model)
+    missing = {k: v.detach().cpu().contiguous() for k, v in state.items()
+               if k not in converted and "lora_" not in k}
+    if missing:
+        save_file({**converted, **missing}, str(weights_file), metadata={"format": "pt"})
+
+
+def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: dict, overwrite: bool = False,
+                 initial_adapter: str | Path | None = None) -> Path:
     """Write adapter weights (safetensors), the tokenizer and `metadata` to `output_dir`.
 
     Everything is written to a temporary folder beside `output_dir` and renamed into place only when complete,
     so a crash, a full disk or Ctrl-C leaves either the old adapter or the new one, never a mix. An existing
-    adapter is replaced only with `overwrite=True`.
+    adapter is replaced only with `overwrite=True`. `initial_adapter` (PiSSA): the folder save_initial_adapter
+    wrote before training; the adapter is saved converted to fit the original base weights.
     """
     if not isinstance(model, PeftModel):
-        raise UserError("save_adapter expects the PeftModel from create_lora_model (not the base model).")
+        raise UserError("save_adapter expects the PeftModel from create_peft_model (not the base model).")
     full = {**metadata, "versions": versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    convert = {} if initial_adapter is None else {"path_initial_model_for_weight_conversion": str(initial_adapter)}
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **convert)
+        if convert:
+            restore_saved_modules(model, tmp / ADAPTER_WEIGHTS)
         tokenizer.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
         (tmp / "README.md").write_text(model_card(full, merged=False))
@@ -136,32 +169,35 @@ def model_card(metadata: dict, merged: bool) -> str:
         for k in ("accuracy", "precision", "recall", "f1") if k in metrics.get("baseline", {})
     )
     labels = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    method = cfg.get("method", "lora")
+    options = ", ".join(f"{k}={cfg[k]}" for k in ("r", "alpha", "dropout", "num_virtual_tokens") if cfg.get(k) is not None)
+    targets = "" if cfg.get("num_virtual_tokens") else (
+        f", target modules {cfg.get('target_modules') or 'the architecture default'}")
     if merged:
         load = ('from transformers import pipeline\n\nclassify = pipeline("text-classification", model="THIS_FOLDER")\n'
                 'classify("A gripping, beautifully acted film.")')
-        what = ("the LoRA weights merged into the base model, classification head included: a plain transformers "
-                "model, no peft needed")
+        what = (f"the {method} weights merged into the base model, classification head included: a plain "
+                "transformers model, no peft needed")
     else:
         load = ("from peft import AutoPeftModelForSequenceClassification\n\n"
                 f"model = AutoPeftModelForSequenceClassification.from_pretrained(\n    \"THIS_FOLDER\", num_labels={len(names)},\n"
                 f"    id2label={dict(enumerate(names))!r},\n    label2id={ {n: i for i, n in enumerate(names)}!r})\n"
                 "# or, with this project's checks: peft_helpers.load_adapter(\"THIS_FOLDER\")")
-        what = ("a LoRA adapter (peft) for the base model below; the new classification head is saved with it "
-                "(modules_to_save)")
+        what = (f"a {method} adapter (peft) for the base model below; the new classification head is saved with "
+                "it (modules_to_save)")
     return f"""---
 library_name: {"transformers" if merged else "peft"}
 base_model: {metadata['base_model']}
 pipeline_tag: text-classification
 ---
 
-# {metadata['base_model']} fine-tuned with LoRA for text classification
+# {metadata['base_model']} fine-tuned with {method} for text classification
 
 This folder holds {what}. Made with `peft_helpers` (LightweightFineTuning project).
 
 - Base model: `{metadata['base_model']}` ({metadata.get('architecture', '')})
 - Data: {data}; labels {labels}
-- Method: LoRA, r={cfg.get('r')}, alpha={cfg.get('alpha')}, dropout={cfg.get('dropout')}, target modules
-  {cfg.get('target_modules') or 'the architecture default'}; {cfg.get('epochs')} epoch(s) at learning rate
+- Method: {method}, {options}{targets}; {cfg.get('epochs')} epoch(s) at learning rate
   {cfg.get('learning_rate')}, batch size {cfg.get('batch_size')}, max_length {cfg.get('max_length')}, seed {cfg.get('seed')}
 
 | metric (test split) | pretrained, new head | fine-tuned |
@@ -256,7 +292,8 @@ def load_adapter(
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the "head newly initialised" report: the adapter replaces it
     try:
-        model, _ = load_model(base_name, saved_labels, seed=0, device=device)
+        model, _ = load_model(base_name, saved_labels, seed=0, device=device,
+                              quantize_4bit=metadata.get("config", {}).get("method") == "qlora")
     finally:
         transformers.logging.set_verbosity(verbosity)
     if type(model).__name__ != metadata["architecture"]:
@@ -266,7 +303,7 @@ def load_adapter(
         )
     check_base(metadata, base_name, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))  # the tokenizer saved with the adapter
-    tokenizer.padding_side = "right"
+    set_padding_side(tokenizer, model, metadata.get("config", {}).get("method", "lora"))
     ensure_pad_token(tokenizer, model)
     check_compatible(model, tokenizer)
     try:
@@ -295,5 +332,6 @@ def check_loaded(peft_model: PeftModel, tokenizer, adapter_dir: str | Path) -> d
     check_base(metadata, base_name, adapter_dir)
     check_adapter_keys(peft_model, adapter_dir)
     ensure_pad_token(tokenizer, base)
+    set_padding_side(tokenizer, base, metadata.get("config", {}).get("method", "lora"))
     check_compatible(base, tokenizer)
     return metadata

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from datasets import DatasetDict
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from .compat import rng_state_loading
@@ -35,11 +35,14 @@ def device_summary() -> str:
     return f"cpu ({torch.get_num_threads()} threads, fp32)"
 
 
-def mixed_precision() -> dict:
-    """bf16/fp16 only where the hardware has it; CPU and MPS train in fp32."""
-    if default_device() != "cuda":
+def mixed_precision(precision: str = "auto") -> dict:
+    """bf16/fp16 mixed precision only on a CUDA GPU ("auto": bf16 where it has it, else fp16); CPU and MPS train
+    in fp32. RunConfig refuses bf16/fp16 without CUDA."""
+    if precision == "fp32" or default_device() != "cuda":
         return {}
-    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {precision: True}
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -100,18 +103,47 @@ class LengthGroupedTrainer(Trainer):
 
 
 class SaveEachEpoch(TrainerCallback):
-    """Checkpoint at every epoch end in addition to every `save_steps` steps."""
+    """Checkpoint at every epoch end in addition to every `save_steps` steps (and, when the best adapter is kept,
+    evaluate there too, so that every epoch end is a candidate)."""
+
+    def __init__(self, evaluate: bool = False):
+        self.evaluate = evaluate
 
     def on_epoch_end(self, args, state, control, **kwargs):
         control.should_save = True
+        evaluated_here = any(e.get("step") == state.global_step and "eval_loss" in e for e in state.log_history)
+        control.should_evaluate = control.should_evaluate or (self.evaluate and not evaluated_here)
         return control
+
+
+class AdaLoraBudget(TrainerCallback):
+    """AdaLoRA moves rank between layers from the gradients: peft's update_and_allocate must run after every
+    optimizer step and before the gradients are zeroed, which is where the Trainer calls on_optimizer_step."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model.base_model.update_and_allocate(state.global_step)
+
+
+def total_steps(cfg: RunConfig, train_examples: int) -> int:
+    """Optimizer steps of the whole run (as the Trainer counts them: partial last batch included)."""
+    steps_per_epoch = max(1, math.ceil(train_examples / cfg.batch_size))
+    return math.ceil(cfg.epochs * steps_per_epoch)
 
 
 def warmup_steps(cfg: RunConfig, train_examples: int) -> int:
     """The warm-up as a number of steps: cfg.warmup of all optimizer steps, rounded up as the Trainer rounds a
     ratio. A step count means the same in transformers 4.x (warmup_ratio) and 5.x (warmup_steps < 1)."""
-    steps_per_epoch = max(1, math.ceil(train_examples / cfg.batch_size))
-    return math.ceil(cfg.warmup * math.ceil(cfg.epochs * steps_per_epoch))
+    return math.ceil(cfg.warmup * total_steps(cfg, train_examples))
+
+
+def best_model_arguments(cfg: RunConfig) -> dict:
+    """Keep the best adapter by a validation metric: evaluate at every checkpoint (every save_steps, and at each
+    epoch end through SaveEachEpoch) and load the best checkpoint when training ends. Without metric_for_best the
+    run evaluates once per epoch and keeps the last adapter."""
+    if cfg.metric_for_best is None:
+        return {"eval_strategy": "epoch"}
+    return {"eval_strategy": "steps", "eval_steps": cfg.save_steps, "load_best_model_at_end": True,
+            "metric_for_best_model": cfg.metric_for_best, "greater_is_better": True}
 
 
 def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments:
@@ -127,7 +159,7 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         length_column_name="length",  # LengthGroupedTrainer's sampler reads the lengths tokenize() stored
-        eval_strategy="epoch",
+        **best_model_arguments(cfg),
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
@@ -138,7 +170,7 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
         data_seed=cfg.seed,
         report_to=other_log_backends(cfg),
         use_cpu=default_device() == "cpu",
-        **mixed_precision(),
+        **mixed_precision(cfg.precision),
     )
 
 
@@ -171,9 +203,32 @@ def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Length
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[SaveEachEpoch(), *log_callbacks(cfg)],
+        callbacks=[SaveEachEpoch(evaluate=cfg.metric_for_best is not None), *log_callbacks(cfg), *method_callbacks(cfg)],
         class_weights=weights,
     )
+
+
+def method_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = []
+    if cfg.method == "adalora":
+        callbacks.append(AdaLoraBudget())
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return callbacks
+
+
+def best_checkpoint(trainer: Trainer) -> dict | None:
+    """Which evaluation the kept adapter comes from: its step, epoch and validation value (None without
+    metric_for_best). Read from the Trainer's state before the checkpoints are deleted."""
+    state, metric = trainer.state, trainer.args.metric_for_best_model
+    if not metric or state.best_model_checkpoint is None:
+        return None
+    step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    evals = [e for e in state.log_history if key in e and e.get("step") == step]
+    return {"metric": metric, "value": state.best_metric, "step": step,
+            "epoch": evals[-1]["epoch"] if evals else None, "stopped_at_step": state.global_step,
+            "planned_steps": state.max_steps}
 
 
 @dataclass
@@ -182,6 +237,7 @@ class TrainResult:
     seconds: float
     samples_per_second: float
     log_history: list[dict]
+    best: dict | None = None  # with metric_for_best: the evaluation the kept adapter comes from
 
 
 def checkpoints(folder: str | Path) -> list[Path]:
@@ -243,7 +299,8 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str 
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
-    return TrainResult(trainer, seconds, float(output.metrics.get("train_samples_per_second", 0.0)), trainer.state.log_history)
+    return TrainResult(trainer, seconds, float(output.metrics.get("train_samples_per_second", 0.0)),
+                       trainer.state.log_history, best_checkpoint(trainer))
 
 
 def remove_checkpoints(cfg: RunConfig) -> None:

@@ -1,4 +1,4 @@
-"""The whole workflow as short named steps: resolve -> check -> prepare -> baseline -> add LoRA -> train -> save ->
+"""The whole workflow as short named steps: resolve -> check -> prepare -> baseline -> add the PEFT method -> train -> save ->
 reload and check -> report. `run` chains them for the command line; the notebook runs the same steps one cell
 at a time, spelling out the transformers and peft calls.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,15 @@ from .config import RunConfig
 from .data import label_balance, label_names, load_run_data, tokenize, truncation_summary
 from .evaluation import EvalResult, check_reload, evaluate
 from .metrics import per_class_metrics
-from .modeling import ParameterCount, count_parameters, create_lora_model, load_config, load_model
+from .modeling import (
+    ParameterCount,
+    check_method_before_loading,
+    count_parameters,
+    create_peft_model,
+    load_config,
+    load_model,
+    set_padding_side,
+)
 from .offline import offline_model_name
 from .persistence import (
     base_model_metadata,
@@ -27,10 +36,11 @@ from .persistence import (
     make_shareable,
     recover_interrupted_save,
     save_adapter,
+    save_initial_adapter,
     versions,
 )
 from .reporting import confident_mistakes, format_comparison, learning_curve, per_class_table
-from .training import TrainResult, device_summary, prepare_checkpoints, remove_checkpoints, train
+from .training import TrainResult, device_summary, prepare_checkpoints, remove_checkpoints, total_steps, train
 
 RESULTS_FILE = "results.json"
 # The TrainingArguments that decide what a run computes; recorded with the adapter, so runs from the notebook and
@@ -66,8 +76,11 @@ def write_json(path: str | Path, payload: dict) -> Path:
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill in the settings tuned for the model's architecture, reading only its config.json (no weights)."""
-    return cfg if cfg.is_resolved() else cfg.resolved(load_config(cfg.model).model_type)
+    """Fill in the settings tuned for the model's architecture and the method, and refuse a method that does not
+    fit the architecture, reading only its config.json (no weights)."""
+    cfg = cfg if cfg.is_resolved() else cfg.resolved(load_config(cfg.model).model_type)
+    check_method_before_loading(cfg)
+    return cfg
 
 
 def check_before_work(cfg: RunConfig, overwrite: bool, resume: bool) -> str | None:
@@ -96,7 +109,9 @@ def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     cfg = resolve(cfg)
     data = load_run_data(cfg)
     names = label_names(data)
-    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device)
+    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device,
+                                  quantize_4bit=cfg.method == "qlora")
+    set_padding_side(tokenizer, model, cfg.method)
     return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length, cfg.truncation), model, tokenizer, names)
 
 
@@ -109,8 +124,11 @@ def describe(p: Prepared) -> None:
     print(f"max_length {cfg.max_length} ({cfg.truncation} kept) truncates " + ", ".join(
         f"{split} {int(row['truncated']):,} of {int(row['examples']):,}" for split, row in cut.iterrows())
         + f"; longest text {int(cut['longest'].max())} tokens")
-    print(f"Settings: epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}, r={cfg.r}, alpha={cfg.alpha}, "
-          f"target_modules={cfg.target_modules or 'default'}")
+    options = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("r", "alpha", "dropout", "num_virtual_tokens")
+                        if getattr(cfg, k) is not None)
+    print(f"Settings: method={cfg.method}, epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}"
+          + (f", {options}" if options else "")
+          + ("" if cfg.num_virtual_tokens else f", target_modules={cfg.target_modules or 'default'}"))
 
 
 def training_record(trainer: Trainer) -> dict:
@@ -131,10 +149,29 @@ def adapter_metadata(peft_model, cfg: RunConfig, names: list[str], trainer: Trai
     }
 
 
+def initial_adapter_dir(cfg: RunConfig) -> Path:
+    """PiSSA's untrained adapter, kept with the checkpoints (a resumed run needs it too)."""
+    return Path(cfg.checkpoint_dir) / "initial-adapter"
+
+
+def add_adapter(p: Prepared):
+    """Wrap the model with the run's PEFT method; PiSSA also keeps its untrained adapter for the save (the same
+    seed recomputes the same one when a run resumes, so it is always rewritten, never taken from another run)."""
+    cfg = p.cfg
+    peft_model = create_peft_model(p.model, cfg, total_steps(cfg, len(p.encoded["train"])))
+    if cfg.method == "pissa":
+        save_initial_adapter(peft_model, initial_adapter_dir(cfg))
+    return peft_model
+
+
 def save(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, in_memory: EvalResult,
          overwrite: bool) -> Path:
     metadata = adapter_metadata(peft_model, p.cfg, p.label_names, trained.trainer, baseline.metrics, in_memory.metrics)
-    adapter_dir = save_adapter(peft_model, p.tokenizer, p.cfg.output_dir, metadata, overwrite=overwrite)
+    if trained.best is not None:
+        metadata["best_checkpoint"] = trained.best
+    initial = initial_adapter_dir(p.cfg) if p.cfg.method == "pissa" else None
+    adapter_dir = save_adapter(peft_model, p.tokenizer, p.cfg.output_dir, metadata, overwrite=overwrite,
+                               initial_adapter=initial)
     remove_checkpoints(p.cfg)
     print(f"Adapter saved to {adapter_dir}")
     return adapter_dir
@@ -152,6 +189,7 @@ def results_dict(p: Prepared, baseline: EvalResult, finetuned: EvalResult, param
     cfg = p.cfg
     return {
         "model": cfg.model,
+        "method": cfg.method,
         "dataset": dataset_name(cfg),
         "eval_split": "test",
         "train_size": len(p.data["train"]),
@@ -161,6 +199,9 @@ def results_dict(p: Prepared, baseline: EvalResult, finetuned: EvalResult, param
         "finetuned": finetuned.metrics,
         "trainable_params": params.trainable,
         "total_params": params.total,
+        "adapter_mib": round(folder_mib(adapter_dir), 3),
+        "peak_memory_mib": peak_memory_mib(),
+        "best_checkpoint": trained.best,
         "train_seconds": round(trained.seconds, 2),
         "train_samples_per_second": round(trained.samples_per_second, 2),
         "eval_samples_per_second": round(finetuned.samples_per_second, 2),
@@ -178,6 +219,27 @@ def results_dict(p: Prepared, baseline: EvalResult, finetuned: EvalResult, param
     }
 
 
+def folder_mib(folder: str | Path) -> float:
+    """The adapter's weights on disk (the tokenizer and reports beside them are not counted)."""
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
+
+
+def peak_memory_mib() -> dict:
+    """Peak memory of this process so far: resident set (CPU) and, on a GPU, the most the PyTorch allocator held."""
+    import torch
+
+    try:
+        import resource  # Unix only
+    except ImportError:
+        peak = {}
+    else:
+        unit = 2**20 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+        peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)}
+    if torch.cuda.is_available():
+        peak["gpu"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
 def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_path: str | None = None) -> dict:
     """Run every step and return the results dict (also written to <output_dir>/results.json)."""
     cfg = resolve(cfg)
@@ -190,7 +252,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
     baseline = evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.batch_size, desc="Evaluating pretrained")
     print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
 
-    peft_model = create_lora_model(p.model, cfg)
+    peft_model = add_adapter(p)
     params = count_parameters(peft_model)
     print(params)
     trained = train(peft_model, p.tokenizer, p.encoded, cfg, resume_from=resume_from)
@@ -213,7 +275,9 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         for m in mistakes:
             print(f"  {m['probability']:.2f} {m['predicted']} (true {m['true']}): {m['text'][:100]}")
     print(
-        f"\nTrained {params.trainable:,} of {params.total:,} parameters ({params.percent:.2f}%) in "
+        (f"\nKept the adapter of step {trained.best['step']} (epoch {trained.best['epoch']}): validation "
+         f"{trained.best['metric']} {trained.best['value']:.4f}" if trained.best else "")
+        + f"\nTrained {params.trainable:,} of {params.total:,} parameters ({params.percent:.2f}%) in "
         f"{trained.seconds:.1f} s; adapter and {RESULTS_FILE} in {adapter_dir}"
     )
     return results

@@ -44,7 +44,7 @@ def make_tiny_bert(folder: Path) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                             sep_token="[SEP]", mask_token="[MASK]").save_pretrained(folder)
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=128)
+                        intermediate_size=32, max_position_embeddings=160)
     BertModel(config).save_pretrained(folder)
     return folder
 

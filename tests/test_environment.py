@@ -8,7 +8,7 @@ from peft_helpers import environment
 
 def test_requirements_declare_the_supported_range():
     ranges = {r.name: str(r.specifier) for r in environment.requirements()}
-    assert ranges["transformers"] == "<6,>=4.46" and ranges["peft"] == "<1,>=0.13" and ranges["datasets"] == "<6,>=2.20"
+    assert ranges["transformers"] == "<6,>=4.46" and ranges["peft"] == "<1,>=0.14" and ranges["datasets"] == "<6,>=2.20"
     assert "torch" not in ranges  # never installed by the set-up step
 
 
@@ -19,7 +19,7 @@ def test_installed_versions_are_supported():
 @pytest.mark.parametrize("versions, expected", [
     ({"transformers": Version("4.40.0")}, {"transformers": "4.40.0 installed, <6,>=4.46 needed"}),
     ({"peft": None}, {"peft": "missing"}),
-    ({"transformers": Version("4.46.0"), "peft": Version("0.13.0"), "datasets": Version("2.20.0")}, {}),
+    ({"transformers": Version("4.46.0"), "peft": Version("0.14.0"), "datasets": Version("2.20.0")}, {}),
     ({"transformers": Version("6.0.0")}, {"transformers": "6.0.0 installed, <6,>=4.46 needed"}),
 ], ids=["too-old", "missing", "oldest-supported", "too-new"])
 def test_problems_name_each_package(versions, expected):
@@ -34,15 +34,15 @@ def test_old_torch_is_reported_not_installed():
 
 def test_install_command_touches_only_what_is_needed_and_pins_torch():
     command = environment.install_command(["peft"])
-    assert command[-2:] == ["peft<1,>=0.13", f"torch=={environment.installed_version('torch')}"]
+    assert command[-2:] == ["peft<1,>=0.14", f"torch=={environment.installed_version('torch')}"]
     assert "--upgrade" not in command and not any(c.startswith("transformers") for c in command)
 
 
 def test_ensure_supported_installs_and_asks_for_a_restart(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(environment, "problems", lambda path=None: {"peft": "0.12.0 installed, <1,>=0.13 needed"})
+    monkeypatch.setattr(environment, "problems", lambda path=None: {"peft": "0.12.0 installed, <1,>=0.14 needed"})
     monkeypatch.setattr(environment.subprocess, "check_call", calls.append)
     assert environment.ensure_supported() is False
-    assert calls and calls[0][-2:] == ["peft<1,>=0.13", f"torch=={environment.installed_version('torch')}"]
+    assert calls and calls[0][-2:] == ["peft<1,>=0.14", f"torch=={environment.installed_version('torch')}"]
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0 and "restart the runtime" in out and "peft" in out

@@ -87,3 +87,20 @@ def test_learning_curve_keeps_loss_and_validation_points_and_plots_them():
     assert [line.get_label() for line in ax_acc.get_lines()] == ["a", "b"]
     assert ax_acc.get_lines()[0].get_ydata().tolist() == [0.7]
     assert ax_loss.get_lines()[1].get_xdata().tolist() == [0.5]
+
+
+def test_evaluation_after_mixed_precision_training_runs_in_fp32(tiny_gpt2, rt_dir):
+    """accelerate leaves an autocast wrapper on model.forward after bf16/fp16 training (a GPU run); evaluation
+    must not score through it, or the in-memory model and its reloaded copy differ (0.03 on an H200)."""
+    from accelerate import Accelerator
+
+    from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
+    from peft_helpers.evaluation import predict_logits
+    from peft_helpers.modeling import load_model
+
+    model, tokenizer = load_model(str(tiny_gpt2), ["neg", "pos"], device="cpu")
+    test = tokenize(subsample(load_rotten_tomatoes(rt_dir), 16, 16, 0), tokenizer, 64)["test"]
+    expected = predict_logits(model, tokenizer, test, batch_size=8)
+    wrapped = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)  # what the Trainer does on a GPU
+    assert "_original_forward" in wrapped.__dict__
+    np.testing.assert_array_equal(predict_logits(wrapped, tokenizer, test, batch_size=8), expected)
