@@ -1,4 +1,4 @@
-"""Helpers for parameter-efficient (LoRA) fine-tuning of a pretrained model for text classification.
+"""Helpers for parameter-efficient (LoRA and every other peft method) fine-tuning of a pretrained model for text classification.
 
 Modules follow the workflow: config -> data -> modeling -> training -> evaluation -> persistence -> inference ->
 reporting; `workflow` chains them and `cli` exposes them as `python -m peft_helpers`.
@@ -18,7 +18,8 @@ _EXPORTS = {
     "config": ["RunConfig"],
     "errors": ["UserError"],
     "data": ["load_data", "label_names", "label_balance", "subsample", "stratified_subset", "tokenize"],
-    "modeling": ["load_model", "lora_config", "create_lora_model", "count_parameters"],
+    "modeling": ["load_model", "lora_config", "peft_config", "create_peft_model", "create_lora_model", "count_parameters"],
+    "methods": ["METHODS"],
     "metrics": ["classification_metrics", "compute_metrics"],
     "training": ["training_arguments", "LengthGroupedTrainer", "prepare_checkpoints", "train"],
     "evaluation": ["evaluate", "predict_logits", "check_reload", "RELOAD_TOLERANCE"],
@@ -27,6 +28,8 @@ _EXPORTS = {
     "reporting": ["comparison_table", "plot_metrics", "plot_confusion_matrices", "plot_training",
                   "plot_learning_curves"],
     "workflow": ["prepare", "run"],
+    "baselines": ["run_baseline"],
+    "compare": ["compare"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
