@@ -91,16 +91,25 @@ def test_learning_curve_keeps_loss_and_validation_points_and_plots_them():
 
 def test_evaluation_after_mixed_precision_training_runs_in_fp32(tiny_gpt2, rt_dir):
     """accelerate leaves an autocast wrapper on model.forward after bf16/fp16 training (a GPU run); evaluation
-    must not score through it, or the in-memory model and its reloaded copy differ (0.03 on an H200)."""
-    from accelerate import Accelerator
+    must not score through it, or the in-memory model and its reloaded copy differ (0.03 on an H200). Run in a
+    fresh process: accelerate's mixed-precision state is global and the other tests' Trainers already set it."""
+    import subprocess
+    import sys
 
-    from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
-    from peft_helpers.evaluation import predict_logits
-    from peft_helpers.modeling import load_model
+    script = f"""
+import numpy as np
+from accelerate import Accelerator
+from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
+from peft_helpers.evaluation import predict_logits
+from peft_helpers.modeling import load_model
 
-    model, tokenizer = load_model(str(tiny_gpt2), ["neg", "pos"], device="cpu")
-    test = tokenize(subsample(load_rotten_tomatoes(rt_dir), 16, 16, 0), tokenizer, 64)["test"]
-    expected = predict_logits(model, tokenizer, test, batch_size=8)
-    wrapped = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)  # what the Trainer does on a GPU
-    assert "_original_forward" in wrapped.__dict__
-    np.testing.assert_array_equal(predict_logits(wrapped, tokenizer, test, batch_size=8), expected)
+model, tokenizer = load_model({str(tiny_gpt2)!r}, ["neg", "pos"], device="cpu")
+test = tokenize(subsample(load_rotten_tomatoes({str(rt_dir)!r}), 16, 16, 0), tokenizer, 64)["test"]
+expected = predict_logits(model, tokenizer, test, batch_size=8)
+wrapped = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)  # what the Trainer does on a GPU
+assert "_original_forward" in wrapped.__dict__
+np.testing.assert_array_equal(predict_logits(wrapped, tokenizer, test, batch_size=8), expected)
+print("same logits")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "same logits" in done.stdout, done.stderr[-2000:]
