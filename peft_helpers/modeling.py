@@ -213,13 +213,15 @@ def adapter_targets(model: PreTrainedModel, cfg: RunConfig) -> list[str] | None:
     return targets
 
 
-def check_method_fits(model: PreTrainedModel, cfg: RunConfig) -> None:
-    """Refuse a method that does not fit this architecture or these lengths (works on an empty-weights model)."""
+def check_method_fits(model: PreTrainedModel, cfg: RunConfig) -> list[str] | None:
+    """Refuse a method that does not fit this architecture or these lengths (works on an empty-weights model).
+    Returns the method's target modules (None for prompt methods)."""
     targets = adapter_targets(model, cfg)
     check_fits(cfg.method, model.config, cfg.max_length, cfg.num_virtual_tokens,
                targets is not None and uses_conv1d(model, targets))
     if cfg.method == "prefix_tuning":
         check_prefix_tuning(model)
+    return targets
 
 
 def skeleton(model: str) -> PreTrainedModel:
@@ -248,8 +250,7 @@ def peft_config(model: PreTrainedModel, cfg: RunConfig, total_steps: int | None 
     cfg.require_resolved()
     if cfg.method == "lora":
         return lora_config(model, cfg)  # the notebook writes this one out
-    check_method_fits(model, cfg)
-    targets = adapter_targets(model, cfg)
+    targets = check_method_fits(model, cfg)
     conv1d = targets is not None and uses_conv1d(model, targets)
     return build_config(cfg.method, cfg, model.config.model_type, targets, conv1d, head_name(model), total_steps)
 
