@@ -7,10 +7,16 @@
 set -eu
 G=.gpu
 PY=${PY:-.venv/bin/python}
-rm -rf $G && mkdir -p $G/whl $G/minilm $G/smollm2-shape
+rm -rf $G && mkdir -p $G/whl $G/minilm $G/smollm2-shape $G/bnb
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 -d $G/whl "datasets>=4,<5" "dill<0.4.2" "multiprocess<0.70.20" gguf
+# bitsandbytes (for --method qlora) without the kernels of the CUDA versions the image does not have: the wheel is
+# 43 MB, the package with only its CUDA 13.0 and CPU kernels 4.5 MB unpacked (the image's torch is built for CUDA 13.0).
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_24_x86_64 -d $G/bnb-wheel "bitsandbytes==0.50.2"
+python3 -m zipfile -e $G/bnb-wheel/bitsandbytes-*.whl $G/bnb && rm -rf $G/bnb-wheel
+find $G/bnb/bitsandbytes -name 'libbitsandbytes_*.so' ! -name '*cuda130*' ! -name '*_cpu.so' -delete
 cp -r ../shared $G/shared
 $PY - <<'PYEOF'
 import shutil

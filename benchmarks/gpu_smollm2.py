@@ -1,7 +1,9 @@
 """SmolLM2-135M's exact architecture on a CUDA GPU: LoRA training and evaluation throughput, peak GPU memory and
-model FLOPs utilisation, in bf16 and fp16 mixed precision (fp16 is what a Colab T4 uses).
+model FLOPs utilisation, in bf16 and fp16 mixed precision (fp16 is what a Colab T4 uses), and bf16 with
+torch.compile; then, optionally, a batch size that cannot fit (the one-line advice `run` gives).
 
-    python benchmarks/gpu_smollm2.py --shape FOLDER --data-dir RT_FOLDER [--precision bf16 fp16] [--train-size N]
+    python benchmarks/gpu_smollm2.py --shape FOLDER --data-dir RT_FOLDER [--precision bf16 fp16 bf16+compile]
+                                     [--train-size N] [--oom-batch 8192]
 
 FOLDER holds SmolLM2's config.json and tokenizer (benchmarks/gpu_check.sh prepares it). The weights are
 initialised randomly: the borrowed GPU machines have no network and take at most 64 MiB of files, which the
@@ -77,7 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", required=True)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--precision", nargs="+", default=["bf16", "fp16"])
+    parser.add_argument("--precision", nargs="+", default=["bf16", "fp16", "bf16+compile"],
+                        help="runs: bf16, fp16, fp32, each optionally +compile (torch.compile through the Trainer)")
+    parser.add_argument("--oom-batch", type=int, default=None,
+                        help="then try `run` with this batch size, which should not fit: prints the one-line advice")
     parser.add_argument("--train-size", type=int, default=None)
     parser.add_argument("--eval-size", type=int, default=None)
     args = parser.parse_args()
@@ -99,10 +104,11 @@ def main() -> None:
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.shape)).save_pretrained(tmp)
         AutoTokenizer.from_pretrained(args.shape).save_pretrained(tmp)
-        for precision in args.precision:
+        for run_name in args.precision:
+            precision, compiled = run_name.split("+")[0], run_name.endswith("+compile")
             cfg = RunConfig(model=tmp, data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
-                            epochs=1, precision=precision, output_dir=f"{tmp}/out-{precision}",
-                            checkpoint_dir=f"{tmp}/runs-{precision}", save_steps=10_000)
+                            epochs=1, precision=precision, compile=compiled, output_dir=f"{tmp}/out-{run_name}",
+                            checkpoint_dir=f"{tmp}/runs-{run_name}", save_steps=10_000)
             p = prepare(cfg)
             model = create_peft_model(p.model, p.cfg)
             params = count_parameters(model)
@@ -124,7 +130,7 @@ def main() -> None:
             test_tokens = sum(p.encoded["test"]["length"])
             train_tflops = train_fpt * train_tokens / trained.seconds / 1e12
             eval_tflops = eval_fpt * test_tokens / result.seconds / 1e12
-            row = {"precision": precision, "train_examples": len(p.encoded["train"]), "trainable": params.trainable,
+            row = {"run": run_name, "compiled": p.cfg.compile, "train_examples": len(p.encoded["train"]), "trainable": params.trainable,
                    "train_seconds": round(trained.seconds, 1), "train_examples_per_s": round(trained.samples_per_second, 1),
                    "eval_examples_per_s": round(result.samples_per_second, 1),
                    "peak_gpu_mib_train": round(train_peak, 0),
@@ -134,7 +140,14 @@ def main() -> None:
                    "accuracy_meaningless": round(result.metrics["accuracy"], 4)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps({"gpu": gpu, "bf16_matmul_tflops": round(peak, 1), "runs": rows}))
+        print(json.dumps({"gpu": gpu, "bf16_matmul_tflops": round(peak, 1), "runs": rows}), flush=True)
+        if args.oom_batch:
+            from peft_helpers.cli import main as cli
+
+            print(f"run with --batch-size {args.oom_batch} (should not fit):", flush=True)
+            status = cli(["run", "--model", tmp, "--data-dir", args.data_dir, "--epochs", "1", "--train-size",
+                          str(args.oom_batch), "--batch-size", str(args.oom_batch), "--output-dir", f"{tmp}/out-oom"])
+            print(f"exit status {status}", flush=True)
 
 
 if __name__ == "__main__":

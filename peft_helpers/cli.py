@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from .config import RunConfig
+from .distributed import is_main
 from .environment import unsupported_message
 from .errors import UserError
 
@@ -142,7 +143,9 @@ def _export(argv: list[str]) -> int:
 
 @dataclass
 class CompareOptions:
-    methods: str = field(default="all", metadata={"help": "Comma-separated PEFT methods, or 'all' (every method but qlora)."})
+    methods: str = field(
+        default="all", metadata={"help": "Comma-separated PEFT methods; 'all' is every method but qlora ('all,qlora' adds it)."}
+    )
     baselines: str = field(default="random_head,linear_probe,full,zero_shot",
                            metadata={"help": "Comma-separated baselines (zero_shot: decoders only), or 'none'."})
     seeds: str | None = field(default=None, metadata={"help": "Comma-separated seeds (default: --seed)."})
@@ -156,7 +159,7 @@ def _compare(argv: list[str]) -> int:
 
     parser = HfArgumentParser((RunConfig, CompareOptions), prog="python -m peft_helpers compare")
     cfg, options = _parse(parser, argv)
-    methods = DEFAULT_METHODS if options.methods == "all" else [m for m in options.methods.split(",") if m]
+    methods = [m for name in options.methods.split(",") if name for m in (DEFAULT_METHODS if name == "all" else [name])]
     baselines = [] if options.baselines == "none" else [b for b in options.baselines.split(",") if b]
     try:
         seeds = [int(s) for s in options.seeds.split(",")] if options.seeds else [cfg.seed]
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if is_main():  # in a launch of several processes they all fail with the same line: print it once
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run again with --resume to continue from the last checkpoint.", file=sys.stderr)

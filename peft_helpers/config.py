@@ -114,6 +114,11 @@ class RunConfig:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement (needs metric_for_best)."}
     )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model for training (the Trainer's torch_compile); where torch.compile "
+                          "does not work, training runs without it after one warning line."},
+    )
 
     def __post_init__(self) -> None:
         self.validate()

@@ -12,7 +12,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
-from .errors import UserError
+from .errors import UserError, batch_size_advice
 from .metrics import classification_metrics
 
 # A reloaded adapter must reproduce the in-memory model's logits within this (fp32 on CPU gives about 1e-7;
@@ -63,11 +63,12 @@ def predict_logits(model, tokenizer, dataset: Dataset, batch_size: int = 32, des
     was_training = model.training
     model.eval()
     chunks = []
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
-        columns = rows[start : start + batch_size]
-        batch = collator([dict(zip(columns, values)) for values in zip(*columns.values())])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        chunks.append(model(**batch).logits.float().cpu().numpy())
+    with batch_size_advice(batch_size, "evaluation"):
+        for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
+            columns = rows[start : start + batch_size]
+            batch = collator([dict(zip(columns, values)) for values in zip(*columns.values())])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            chunks.append(model(**batch).logits.float().cpu().numpy())
     model.train(was_training)
     sorted_logits = np.concatenate(chunks)
     logits = np.empty_like(sorted_logits)

@@ -36,6 +36,10 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
     Returns {"out_dir", "checked_rows", "max_logit_diff"}; raises if the merged logits differ from the adapter's."""
     check_can_save(out_dir, overwrite, "files")  # before the slow work; checked again when writing
     method = read_metadata(adapter_dir).get("config", {}).get("method", "lora")
+    if method == "qlora":  # merged into the 4-bit weights the update is rounded away; merged into the full-precision
+        # weights it meets weights it was never trained with: either way the predictions change
+        raise UserError(f"{adapter_dir} is a qlora adapter: it was trained against the 4-bit base, so merging it "
+                        "changes its predictions; share the adapter folder itself (peft loads it with the 4-bit base).")
     if not get_method(method).mergeable:
         raise UserError(f"{adapter_dir} is a {method} adapter: its virtual tokens are added at run time, so there are "
                         "no weights to merge; share the adapter folder itself (peft loads it).")

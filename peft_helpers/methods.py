@@ -58,7 +58,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("prefix_tuning", "prefix tuning: trained keys and values of virtual tokens in every attention layer",
            ("num_virtual_tokens",), lr_scale=10.0, prompt=True, mergeable=False),
     Method("qlora", "QLoRA: LoRA on a 4-bit (NF4) quantised base model; needs CUDA and bitsandbytes",
-           LORA_OPTIONS, conv1d=False),
+           LORA_OPTIONS, conv1d=False, mergeable=False),
 )}
 DEFAULT_VIRTUAL_TOKENS = 20
 

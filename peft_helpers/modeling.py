@@ -128,7 +128,9 @@ def load_model(
 
 
 def quantization_kwargs() -> dict:
-    """QLoRA's base: NF4 weights with double quantisation, bf16 compute (the QLoRA paper's settings)."""
+    """QLoRA's base: NF4 weights with double quantisation, bf16 compute (the QLoRA paper's settings). The new
+    classification head stays in full precision: it is trained in full (modules_to_save), and bitsandbytes cannot
+    run a head that was created after quantisation (found on an H200: an assertion in its 4-bit forward)."""
     from transformers import BitsAndBytesConfig
 
     from .methods import qlora_problem
@@ -136,7 +138,7 @@ def quantization_kwargs() -> dict:
     if problem := qlora_problem():
         raise UserError(problem + ".")
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.bfloat16)
+                             bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=list(HEAD_NAMES))
     return {"quantization_config": bnb, "device_map": {"": 0}}
 
 
@@ -259,7 +261,20 @@ def create_peft_model(model: PreTrainedModel, cfg: RunConfig, total_steps: int |
     """Wrap `model` with cfg.method (seeded: adapter weights start random)."""
     config = peft_config(model, cfg, total_steps)
     set_seed(cfg.seed)
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if cfg.method == "adalora":
+        freeze_adalora_ranknum(peft_model)
+    return peft_model
+
+
+def freeze_adalora_ranknum(peft_model: PeftModel) -> None:
+    """AdaLoRA divides its update by `ranknum`, a constant (the initial rank) that is not saved with the adapter.
+    When peft moves the adapter to the base layer's device or dtype (a model on a GPU), it stores the moved
+    tensor back into a ParameterDict, which makes it a new, trainable Parameter: training then changes the
+    constant, and the reloaded adapter (ranknum = r again) gives other logits (0.24 on an H200). Freeze it again."""
+    for name, param in peft_model.named_parameters():
+        if ".ranknum." in name:
+            param.requires_grad_(False)
 
 
 def create_lora_model(model: PreTrainedModel, cfg: RunConfig) -> PeftModel:

@@ -182,6 +182,8 @@ def model_card(metadata: dict, merged: bool) -> str:
         load = ("from peft import AutoPeftModelForSequenceClassification\n\n"
                 f"model = AutoPeftModelForSequenceClassification.from_pretrained(\n    \"THIS_FOLDER\", num_labels={len(names)},\n"
                 f"    id2label={dict(enumerate(names))!r},\n    label2id={ {n: i for i, n in enumerate(names)}!r})\n"
+                "# trained on float32 weights: if the base is stored in bf16/fp16, add dtype=torch.float32\n"
+                "# (transformers 5 loads a checkpoint in its stored dtype; before 4.56 the argument is torch_dtype)\n"
                 "# or, with this project's checks: peft_helpers.load_adapter(\"THIS_FOLDER\")")
         what = (f"a {method} adapter (peft) for the base model below; the new classification head is saved with "
                 "it (modules_to_save)")

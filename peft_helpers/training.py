@@ -3,6 +3,8 @@ the same run may resume. Evaluation lives in evaluation.py."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import shutil
@@ -17,7 +19,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from .compat import rng_state_loading
 from .config import RunConfig, log_dir
-from .errors import UserError
+from .distributed import is_main
+from .errors import UserError, batch_size_advice
 from .metrics import compute_metrics
 from .modeling import default_device
 
@@ -45,6 +48,26 @@ def mixed_precision(precision: str = "auto") -> dict:
     return {precision: True}
 
 
+@functools.cache  # once per process: resolve() may run more than once for one run
+def compile_problem() -> str | None:
+    """Why torch.compile cannot work here, or None: compiles and runs a two-operation function on the training
+    device, which fails where the platform lacks what the compiler needs (a C++ compiler for CPU code, Triton for
+    CUDA, a Python version this torch's compiler supports) in seconds instead of in the first training step."""
+    try:
+        double_gelu = torch.compile(lambda x: torch.nn.functional.gelu(x) * 2.0)
+        double_gelu(torch.ones(8, device=default_device()))
+    except Exception as err:  # InductorError, RuntimeError, BackendCompilerFailed, ...: any means "not here"
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return None
+
+
+def compile_arguments(cfg: RunConfig) -> dict:
+    """The Trainer compiles the model itself (torch_compile); workflow.resolve has already turned cfg.compile off,
+    with a warning, where compile_problem() found torch.compile unusable."""
+    return {"torch_compile": True} if cfg.compile else {}
+
+
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped batches (little padding) in an order that depends only on (seed, epoch).
 
@@ -52,14 +75,20 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
     uninterrupted run would have; this one makes resumed and uninterrupted runs identical.
     """
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, current_epoch=None):
         super().__init__(batch_size, lengths=lengths)
         self.seed, self.epoch = seed, 0
+        self.current_epoch = current_epoch  # () -> int: the training loop's epoch, read when an epoch starts
 
     def set_epoch(self, epoch: int) -> None:  # called by Trainer at the start of every epoch
         self.epoch = int(epoch)
 
     def __iter__(self):
+        # set_epoch does not always arrive: a run resumed mid-epoch under several processes iterates through
+        # accelerate's SkipBatchSampler(BatchSamplerShard(...)), which does not pass it on, and replayed the
+        # first epoch's order in the second (seen with torchrun). The Trainer's own epoch counter is always right.
+        if self.current_epoch is not None:
+            self.epoch = self.current_epoch()
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
@@ -91,11 +120,14 @@ class LengthGroupedTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        # Grouped by the global batch: with N processes, accelerate deals out consecutive per-process batches of
+        # this order, so each optimizer step sees the examples a single process with an N times larger batch sees.
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         column = self.args.length_column_name
         # Trainer has already dropped columns the model does not take (such as `length`) at this point.
         lengths = dataset[column] if column in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
-        return SeededLengthGroupedSampler(batch, list(lengths), self.args.data_seed)
+        return SeededLengthGroupedSampler(batch, list(lengths), self.args.data_seed,
+                                          current_epoch=lambda: int(self.state.epoch or 0))
 
     def _load_rng_state(self, checkpoint):
         with rng_state_loading():  # transformers < 4.51 with torch >= 2.6 (compat.py)
@@ -171,6 +203,12 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
         report_to=other_log_backends(cfg),
         use_cpu=default_device() == "cpu",
         **mixed_precision(cfg.precision),
+        **compile_arguments(cfg),
+        # transformers 5 defaults to True, and then multiplies the loss by the number of processes, expecting the
+        # model to divide by the global example count; the sequence classifiers' loss is the mean of the process's
+        # own batch, so with N processes the loss and gradients came out N times too large (seen with torchrun).
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,  # every trainable tensor of every method is used in each forward pass
     )
 
 
@@ -295,9 +333,14 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str 
     trainer = build_trainer(model, tokenizer, data, cfg)
     folder = Path(cfg.checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_FILE).write_text(json.dumps(cfg.run_identity(), indent=2))
+    if is_main():  # the other processes of a launch share the folder
+        (folder / RUN_FILE).write_text(json.dumps(cfg.run_identity(), indent=2))
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    # With compile, a model the compiler fails on (after the check in resolve passed) runs eagerly: torch's own
+    # fallback, which logs the reason instead of ending the run.
+    fallback = torch._dynamo.config.patch(suppress_errors=True) if cfg.compile else contextlib.nullcontext()
+    with batch_size_advice(cfg.batch_size, "training"), fallback:
+        output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     return TrainResult(trainer, seconds, float(output.metrics.get("train_samples_per_second", 0.0)),
                        trainer.state.log_history, best_checkpoint(trainer))

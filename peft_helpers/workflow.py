@@ -9,12 +9,13 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datasets import DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, set_seed
 
+from . import distributed
 from .config import RunConfig
 from .data import label_balance, label_names, load_run_data, tokenize, truncation_summary
 from .evaluation import EvalResult, check_reload, evaluate
@@ -40,7 +41,7 @@ from .persistence import (
     versions,
 )
 from .reporting import confident_mistakes, format_comparison, learning_curve, per_class_table
-from .training import TrainResult, device_summary, prepare_checkpoints, remove_checkpoints, total_steps, train
+from .training import TrainResult, compile_problem, device_summary, prepare_checkpoints, remove_checkpoints, total_steps, train
 
 RESULTS_FILE = "results.json"
 # The TrainingArguments that decide what a run computes; recorded with the adapter, so runs from the notebook and
@@ -77,9 +78,13 @@ def write_json(path: str | Path, payload: dict) -> Path:
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill in the settings tuned for the model's architecture and the method, and refuse a method that does not
-    fit the architecture, reading only its config.json (no weights)."""
+    fit the architecture, reading only its config.json (no weights). With compile, check that torch.compile
+    works here; where it does not, warn in one line and train without it."""
     cfg = cfg if cfg.is_resolved() else cfg.resolved(load_config(cfg.model).model_type)
     check_method_before_loading(cfg)
+    if cfg.compile and (problem := compile_problem()):
+        print(f"warning: torch.compile does not work here ({problem}); training without it.", file=sys.stderr)
+        cfg = replace(cfg, compile=False)
     return cfg
 
 
@@ -159,7 +164,7 @@ def add_adapter(p: Prepared):
     seed recomputes the same one when a run resumes, so it is always rewritten, never taken from another run)."""
     cfg = p.cfg
     peft_model = create_peft_model(p.model, cfg, total_steps(cfg, len(p.encoded["train"])))
-    if cfg.method == "pissa":
+    if cfg.method == "pissa" and distributed.is_main():  # only the main process saves
         save_initial_adapter(peft_model, initial_adapter_dir(cfg))
     return peft_model
 
@@ -208,6 +213,7 @@ def results_dict(p: Prepared, baseline: EvalResult, finetuned: EvalResult, param
         "reload_max_logit_diff": max_diff,
         "adapter_dir": str(adapter_dir),
         "device": device_summary(),
+        "processes": distributed.world_size(),
         "seed": cfg.seed,
         "versions": versions(),
         "config": cfg.to_dict(),
@@ -240,31 +246,8 @@ def peak_memory_mib() -> dict:
     return peak
 
 
-def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_path: str | None = None) -> dict:
-    """Run every step and return the results dict (also written to <output_dir>/results.json)."""
-    cfg = resolve(cfg)
-    resume_from = check_before_work(cfg, overwrite, resume)
-    set_seed(cfg.seed)
-    print(f"Device: {device_summary()}")
-    p = prepare(cfg)
-    describe(p)
-
-    baseline = evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.batch_size, desc="Evaluating pretrained")
-    print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
-
-    peft_model = add_adapter(p)
-    params = count_parameters(peft_model)
-    print(params)
-    trained = train(peft_model, p.tokenizer, p.encoded, cfg, resume_from=resume_from)
-    in_memory = evaluate(peft_model, p.tokenizer, p.encoded["test"], cfg.batch_size, desc="Evaluating fine-tuned")
-
-    adapter_dir = save(p, peft_model, trained, baseline, in_memory, overwrite)
-    finetuned, max_diff = reload_and_check(adapter_dir, p, in_memory)
-
-    results = results_dict(p, baseline, finetuned, params, trained, max_diff, adapter_dir)
-    write_json(Path(adapter_dir) / RESULTS_FILE, results)
-    if results_path:
-        write_json(results_path, results)
+def report(results: dict, trained: TrainResult, params: ParameterCount, baseline: EvalResult,
+           finetuned: EvalResult) -> None:
     print()
     print(format_comparison(baseline.metrics, finetuned.metrics))
     print("\nPer class (fine-tuned, test split):")
@@ -278,6 +261,55 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         (f"\nKept the adapter of step {trained.best['step']} (epoch {trained.best['epoch']}): validation "
          f"{trained.best['metric']} {trained.best['value']:.4f}" if trained.best else "")
         + f"\nTrained {params.trainable:,} of {params.total:,} parameters ({params.percent:.2f}%) in "
-        f"{trained.seconds:.1f} s; adapter and {RESULTS_FILE} in {adapter_dir}"
+        f"{trained.seconds:.1f} s; adapter and {RESULTS_FILE} in {results['adapter_dir']}"
     )
+
+
+def finish(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, params: ParameterCount,
+           overwrite: bool, results_path: str | None) -> dict:
+    """After training: evaluate, save, reload and check, write and print the results (the main process's part)."""
+    in_memory = evaluate(peft_model, p.tokenizer, p.encoded["test"], p.cfg.batch_size, desc="Evaluating fine-tuned")
+    adapter_dir = save(p, peft_model, trained, baseline, in_memory, overwrite)
+    finetuned, max_diff = reload_and_check(adapter_dir, p, in_memory)
+    results = results_dict(p, baseline, finetuned, params, trained, max_diff, adapter_dir)
+    write_json(Path(adapter_dir) / RESULTS_FILE, results)
+    if results_path:
+        write_json(results_path, results)
+    report(results, trained, params, baseline, finetuned)
     return results
+
+
+def check_launch(p: Prepared) -> None:
+    """With several processes: refuse, before training, processes that loaded different data or settings."""
+    if distributed.is_distributed():
+        distributed.check_same_data(distributed.data_fingerprint(p.cfg.run_identity(), p.encoded),
+                                    {split: len(rows) for split, rows in p.encoded.items()})
+        print(f"{distributed.world_size()} processes, the same data on each; global batch "
+              f"{p.cfg.batch_size * distributed.world_size()} ({p.cfg.batch_size} per process)")
+
+
+def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_path: str | None = None) -> dict:
+    """Run every step and return the results dict (also written to <output_dir>/results.json).
+
+    Launched as several processes (torchrun, accelerate launch; distributed.py), every process trains; the main
+    one alone checks and writes files and evaluates on the test split, and every process returns its results."""
+    cfg = resolve(cfg)
+    distributed.start()
+    with distributed.quiet_unless_main():
+        resume_from = distributed.on_main(lambda: check_before_work(cfg, overwrite, resume))
+        set_seed(cfg.seed)
+        print(f"Device: {device_summary()}")
+        with distributed.main_first():
+            p = prepare(cfg)
+        check_launch(p)
+        describe(p)
+
+        baseline = distributed.on_main(lambda: evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.batch_size,
+                                                        desc="Evaluating pretrained"))
+        print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
+
+        peft_model = add_adapter(p)
+        params = count_parameters(peft_model)
+        print(params)
+        trained = train(peft_model, p.tokenizer, p.encoded, cfg, resume_from=resume_from)
+        return distributed.on_main(lambda: finish(p, peft_model, trained, baseline, params, overwrite, results_path))

@@ -152,11 +152,13 @@ def test_balanced_class_weights_reweight_the_loss(tiny_gpt2):
     model, tokenizer = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
     inputs = tokenizer(["a fine film", "an awful film"], padding=True, return_tensors="pt")
     labels = torch.tensor([0, 1])
-    trainer = LengthGroupedTrainer(model=model, class_weights=weights)
+    trainer = LengthGroupedTrainer(model=model, class_weights=weights)  # moves the model to the GPU if there is one
+    device = next(model.parameters()).device
+    inputs, labels = {k: v.to(device) for k, v in inputs.items()}, labels.to(device)
     loss = trainer.compute_loss(model, {**inputs, "labels": labels})
     with torch.no_grad():
         logits = model(**inputs).logits
-    torch.testing.assert_close(loss.detach(), torch.nn.functional.cross_entropy(logits, labels, weight=weights))
+    torch.testing.assert_close(loss.detach(), torch.nn.functional.cross_entropy(logits, labels, weight=weights.to(device)))
     assert not torch.isclose(loss.detach(), torch.nn.functional.cross_entropy(logits, labels))
 
 

@@ -14,11 +14,12 @@ from peft_helpers.errors import UserError
 from peft_helpers.evaluation import predict_logits
 from peft_helpers.export import export_merged
 from peft_helpers.inference import predict
-from peft_helpers.methods import METHODS
+from peft_helpers.methods import METHODS, qlora_problem
 from peft_helpers.persistence import load_adapter
 from peft_helpers.workflow import run
 
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+QLORA_PROBLEM = qlora_problem()  # None on a CUDA machine with bitsandbytes
 
 
 def does_not_fit(arch: str, method: str) -> str | None:
@@ -74,6 +75,38 @@ def test_method_trains_saves_and_reloads_identically(arch, method, tiny_gpt2, ti
             export_merged(cfg.output_dir, tmp_path / "merged")
 
 
+@pytest.mark.skipif(QLORA_PROBLEM is not None, reason=f"{QLORA_PROBLEM} (runs in benchmarks/gpu_check.sh)")
+def test_qlora_trains_saves_and_reloads_on_cuda(tiny_bert, rt_dir, tmp_path):
+    """QLoRA on a CUDA GPU with bitsandbytes: the 4-bit base is quantised the same way when the adapter loads, so
+    the reload reproduces the trained model; `export --merge` refuses (merging would change the predictions)."""
+    import torch
+
+    cfg = method_config(tiny_bert, rt_dir, "qlora", tmp_path)
+    results = run(cfg)
+    assert results["reload_max_logit_diff"] <= 1e-4 and results["peak_memory_mib"]["gpu"] > 0
+    reloaded, tokenizer, _ = load_adapter(cfg.output_dir)
+    linear4bit = [m for m in reloaded.modules() if type(m).__name__ == "Linear4bit"]
+    assert linear4bit and next(reloaded.parameters()).device.type == "cuda" and torch.cuda.is_available()
+    assert len(predict(reloaded, tokenizer, ["good film", "dull"]).labels) == 2
+    with pytest.raises(UserError, match="4-bit base"):
+        export_merged(cfg.output_dir, tmp_path / "merged")
+
+
+def test_adalora_ranknum_stays_frozen_when_peft_moves_the_adapter(tiny_bert):
+    """On a GPU peft moves each adapter to its layer's device and turns AdaLoRA's constant ranknum into a trainable
+    parameter (found on an H200: the reload differed by 0.24). A float64 model makes peft move it on a CPU too."""
+    import torch
+
+    from peft_helpers.modeling import create_peft_model, load_model
+
+    cfg = RunConfig(model=str(tiny_bert), method="adalora").resolved("bert")
+    model, _ = load_model(str(tiny_bert), ["neg", "pos"], device="cpu")
+    peft_model = create_peft_model(model.to(torch.float64), cfg, total_steps=100)
+    ranknum = [p for n, p in peft_model.named_parameters() if ".ranknum." in n]
+    assert ranknum and not any(p.requires_grad for p in ranknum)
+    assert all(p.item() == peft_model.peft_config["default"].init_r for p in ranknum)
+
+
 def test_pissa_adapter_fits_the_original_base(tiny_gpt2, rt_dir, tmp_path):
     """PiSSA rewrites the base weights while training; the saved adapter is converted (rank 2r) to fit the
     original ones, with the trained head kept."""
@@ -118,7 +151,8 @@ def _cli_error(capsys, argv) -> str:
     pytest.param(["--method", "loha"], "its layers are Conv1D", id="loha-on-gpt2"),
     pytest.param(["--method", "prompt_tuning", "--num_virtual_tokens", "200"], "exceeds the model's 256 positions",
                  id="too-many-virtual-tokens"),
-    pytest.param(["--method", "qlora"], "qlora needs", id="qlora-without-cuda-or-bitsandbytes"),
+    pytest.param(["--method", "qlora"], "qlora needs", id="qlora-without-cuda-or-bitsandbytes",
+                 marks=pytest.mark.skipif(QLORA_PROBLEM is None, reason="this machine has CUDA and bitsandbytes")),
     pytest.param(["--early_stopping_patience", "2"], "needs a metric to watch", id="patience-without-metric"),
     pytest.param(["--metric_for_best", "loss"], "use accuracy or f1", id="unknown-best-metric"),
 ])

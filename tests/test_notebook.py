@@ -26,15 +26,15 @@ def test_notebook_is_committed_clean_with_a_parameters_cell():
     assert all(not c.outputs and c.execution_count is None for c in code)
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    for name in ("model", "data_dir", "train_size", "eval_size", "epochs", "output_dir", "seed"):
+    for name in ("model", "data_dir", "train_size", "eval_size", "epochs", "output_dir", "seed", "method"):
         assert f"\n{name} = " in "\n" + tagged[0].source
 
 
 @pytest.mark.parametrize("call", [
     "from peft import AutoPeftModelForSequenceClassification, LoraConfig, TaskType, get_peft_model",
     "from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments",
-    "LoraConfig(\n    task_type=TaskType.SEQ_CLS,", "lora_alpha=cfg.alpha", "lora_dropout=cfg.dropout",
-    "target_modules=targets", "fan_in_fan_out=", "modules_to_save=[", "get_peft_model(base_model, lora_config)",
+    "LoraConfig(\n        task_type=TaskType.SEQ_CLS,", "lora_alpha=cfg.alpha", "lora_dropout=cfg.dropout",
+    "target_modules=targets", "fan_in_fan_out=", "modules_to_save=[", "get_peft_model(base_model, peft_config)",
     "peft_model.print_trainable_parameters()", "args = TrainingArguments(", "num_train_epochs=cfg.epochs",
     "Trainer(\n    model=peft_model,", "data_collator=DataCollatorWithPadding(tokenizer)",
     "compute_metrics=compute_metrics", "trainer.train()", "save_adapter(peft_model",
@@ -74,10 +74,7 @@ def test_notebook_and_command_line_train_the_same_adapter(notebook_run, tiny_gpt
     with the same settings give the same adapter config, training arguments, batches and weights."""
     _, notebook_adapter = notebook_run
     cli_adapter = tmp_path / "cli-adapter"
-    flags = [x for k, v in SETTINGS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    proc = subprocess.run([sys.executable, "-m", "peft_helpers", "run", "--model", str(tiny_gpt2), "--data-dir",
-                           str(rt_dir), "--output-dir", str(cli_adapter), *flags], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli_run(tiny_gpt2, rt_dir, cli_adapter, tmp_path, SETTINGS)
     configs = [json.loads((a / "adapter_config.json").read_text()) for a in (notebook_adapter, cli_adapter)]
     assert configs[0] == configs[1]
     meta = [json.loads((a / "peft_helpers.json").read_text()) for a in (notebook_adapter, cli_adapter)]
@@ -91,6 +88,35 @@ def test_notebook_and_command_line_train_the_same_adapter(notebook_run, tiny_gpt
     for key in weights[0]:
         assert (weights[0][key] == weights[1][key]).all(), key
     assert meta[0]["metrics"] == meta[1]["metrics"]
+
+
+def cli_run(model, rt_dir, out, cwd, settings: dict) -> None:
+    flags = [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    proc = subprocess.run([sys.executable, "-m", "peft_helpers", "run", "--model", str(model), "--data-dir",
+                           str(rt_dir), "--output-dir", str(out), *flags], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("method", ["pissa", "adalora", "prompt_tuning"])
+def test_notebook_trains_other_methods_as_the_command_line_does(method, tiny_gpt2, rt_dir, tmp_path):
+    """method= in the parameters: the three methods with their own steps (PiSSA's initial adapter and conversion,
+    AdaLoRA's schedule and budget callback, prompt tuning's left padding and learning rate) give the same adapter
+    as `run --method`, and the notebook's stock AutoPeft reload reproduces it."""
+    settings = {**SETTINGS, "method": method}
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "executed.ipynb"), cwd=str(tmp_path), kernel_name="python3", progress_bar=False,
+        parameters={"model": str(tiny_gpt2), "data_dir": str(rt_dir), "output_dir": str(tmp_path / "nb"), **settings},
+    )
+    cli_run(tiny_gpt2, rt_dir, tmp_path / "cli", tmp_path, settings)
+    adapters = [tmp_path / "nb", tmp_path / "cli"]
+    configs = [json.loads((a / "adapter_config.json").read_text()) for a in adapters]
+    assert configs[0] == configs[1] and configs[0]["peft_type"] == {"pissa": "LORA", "adalora": "ADALORA"}.get(method, "PROMPT_TUNING")
+    weights = [load_file(str(a / "adapter_model.safetensors")) for a in adapters]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert (weights[0][key] == weights[1][key]).all(), key
+    meta = [json.loads((a / "peft_helpers.json").read_text()) for a in adapters]
+    assert meta[0]["metrics"] == meta[1]["metrics"] and meta[0]["config"]["method"] == method
 
 
 def test_executed_copy_is_stamped_with_how_it_was_made(notebook_run, tmp_path):

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +116,53 @@ print("same logits")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "same logits" in done.stdout, done.stderr[-2000:]
+
+
+# The command line with the process's address space capped at 1 GiB above what the imports took: a batch of 4,096
+# reviews needs more than that, so the allocation really fails (on a CPU as on a GPU, memory runs out in the step).
+LIMITED_MEMORY_RUN = """
+import resource, sys
+import datasets, peft, torch, transformers
+from peft_helpers.cli import main
+vm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:"))
+limit = (vm_kib + 2**20) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or torch.cuda.is_available(),
+                    reason="caps RLIMIT_AS (Linux), which CUDA's address-space reservation would exceed; on a GPU "
+                    "benchmarks/gpu_smollm2.py --oom-batch runs out of GPU memory for real")
+def test_a_batch_that_does_not_fit_in_memory_says_which_batch_size_to_try(tiny_gpt2, rt_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", LIMITED_MEMORY_RUN, "run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir),
+         "--train-size", "4096", "--eval-size", "64", "--batch-size", "4096", "--epochs", "1",
+         "--output-dir", str(tmp_path / "adapter")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # the error follows the progress bar's carriage return: on a terminal it overwrites the bar, in a pipe it
+    # shares the bar's line
+    errors = [line.split("\r")[-1].split("error: ", 1)[-1] for line in proc.stderr.splitlines() if "error: " in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and "ran out of memory" in errors[0] and "try --batch-size 2048" in errors[0], errors
+    assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="breaks the CPU's C++ compiler; CUDA code needs none")
+def test_compile_that_cannot_work_here_falls_back_with_one_warning(tiny_gpt2, rt_dir, tmp_path):
+    """--compile where torch.compile fails (here: inductor finds no C++ compiler, as on a Windows machine without
+    one): one warning line, then the same run without it."""
+    import json
+    import os
+
+    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}  # nothing cached
+    proc = subprocess.run(
+        [sys.executable, "-m", "peft_helpers", "run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir),
+         "--train-size", "32", "--eval-size", "16", "--batch-size", "8", "--epochs", "1", "--compile",
+         "--output-dir", str(tmp_path / "adapter")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "torch.compile" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: torch.compile does not work here"), warnings
+    assert "Traceback" not in proc.stderr
+    results = json.loads((tmp_path / "adapter" / "results.json").read_text())
+    assert results["config"]["compile"] is False and results["reload_max_logit_diff"] <= 1e-4
