@@ -139,7 +139,7 @@ def quantization_kwargs() -> dict:
         raise UserError(problem + ".")
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=list(HEAD_NAMES))
-    return {"quantization_config": bnb, "device_map": {"": 0}}
+    return {"quantization_config": bnb, "device_map": {"": torch.cuda.current_device()}}  # each process its own GPU
 
 
 def default_device() -> str:

@@ -203,3 +203,20 @@ def test_early_stopping_stops_when_validation_stops_improving(tiny_gpt2, rt_dir,
                         metric_for_best="accuracy", early_stopping_patience=1)
     best = run(cfg)["best_checkpoint"]
     assert best["stopped_at_step"] == 4 < best["planned_steps"] == 12 and best["step"] == 2
+
+
+def test_export_refuses_a_qlora_adapter_before_loading_it(tiny_bert, rt_dir, tmp_path, capsys):
+    """A QLoRA adapter was trained against the 4-bit base: merged into either the 4-bit or the full weights it
+    would predict differently. (Here a LoRA adapter recorded as qlora: this machine may have no GPU.)"""
+    import json
+
+    cfg = method_config(tiny_bert, rt_dir, "lora", tmp_path)
+    run(cfg)
+    metadata_file = tmp_path / "adapter" / "peft_helpers.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata["config"]["method"] = "qlora"
+    metadata_file.write_text(json.dumps(metadata))
+    capsys.readouterr()  # the run's own output
+    err = _cli_error(capsys, ["export", str(tmp_path / "adapter"), str(tmp_path / "merged"), "--merge"])
+    assert "qlora adapter" in err and "share the adapter folder itself" in err
+    assert not (tmp_path / "merged").exists()

@@ -145,3 +145,20 @@ def test_notebook_runs_on_the_ag_news_folder_with_its_four_names(tiny_gpt2, tmp_
     assert meta["label_names"] == ["World", "Sports", "Business", "Sci/Tech"]
     text = json.dumps([o for c in nbformat.read(out_nb, as_version=4).cells if c.cell_type == "code" for o in c.outputs])
     assert "Sci/Tech" in text and "no header row" in text
+
+
+def test_notebook_reloads_a_base_stored_in_half_precision(tiny_gpt2, rt_dir, tmp_path):
+    """A base whose weights are stored in fp16 (as many on the Hub are, in fp16 or bf16): training loads it in
+    float32, and so must the notebook's AutoPeft reload, or transformers 5 (which loads a checkpoint in its stored
+    dtype) gives other logits and the reload check fails (found on an H200 with MiniLM stored in fp16)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    half = tmp_path / "gpt2-fp16"
+    AutoModelForCausalLM.from_pretrained(str(tiny_gpt2)).to(torch.float16).save_pretrained(half)
+    AutoTokenizer.from_pretrained(str(tiny_gpt2)).save_pretrained(half)
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "executed.ipynb"), cwd=str(tmp_path), kernel_name="python3", progress_bar=False,
+        parameters={"model": str(half), "data_dir": str(rt_dir), "output_dir": str(tmp_path / "adapter"), **SETTINGS},
+    )  # the notebook's check_reload raises if the reloaded logits differ
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

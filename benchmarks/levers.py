@@ -1,0 +1,151 @@
+"""What each lever does to CPU utilisation (issue #13), measured side by side in one run, each case in its own
+process, on the throughput benchmark's set-up (MiniLM + LoRA, 2,048 Rotten Tomatoes reviews, one epoch, the full
+test split, the Trainer pipeline of `bench.py`):
+
+    python benchmarks/levers.py                      # about 8 minutes on 2 cores
+
+Cases: the default (batch 16, fp32); batch 32 and 64; torch.compile (the Trainer's torch_compile); bf16 autocast
+(training through the Trainer's bf16, evaluation under torch.autocast: only worth it where the CPU has bf16
+matrix instructions, AMX or AVX512-BF16); one inter-op thread; eager attention instead of SDPA in evaluation.
+Utilisation = FLOPs per processed token (FlopCounterMode, as in bench.py) x processed tokens / seconds / the
+machine's matrix-product rate measured in the same run (fp32, and bf16 for the bf16 case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CASES = {
+    "default": {},
+    "batch 32": {"batch_size": 32},
+    "batch 64": {"batch_size": 64},
+    "torch.compile": {"compile": True},
+    "bf16 autocast": {"bf16": True},
+    "1 inter-op thread": {"interop": 1},
+    "eager attention (eval)": {"attention": "eager"},
+}
+
+
+def matmul_rate(dtype_name: str, threads: int, n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best / 1e9
+
+
+def run_case(name: str, args) -> dict:
+    import contextlib
+
+    import torch
+    from bench import _setup, _token_counter
+
+    import peft_helpers.training as training
+    from peft_helpers.evaluation import evaluate
+    from peft_helpers.training import prepare_checkpoints, train
+
+    lever = CASES[name]
+    torch.set_num_threads(args.threads)
+    if "interop" in lever:
+        torch.set_num_interop_threads(lever["interop"])
+    if lever.get("bf16"):  # RunConfig allows bf16 only on CUDA; this measures what it would give on this CPU
+        training.mixed_precision = lambda precision="auto": {"bf16": True}
+    setup_args = argparse.Namespace(**{**vars(args), "batch_size": lever.get("batch_size", args.batch_size),
+                                       "case": name.replace(" ", "-").replace(".", "")})
+    cfg, model, tokenizer, data = _setup(setup_args)
+    if lever.get("compile"):
+        from dataclasses import replace
+
+        cfg = replace(cfg, compile=True)
+    if "attention" in lever:
+        model.get_base_model().config._attn_implementation = lever["attention"]
+    counts = _token_counter(model)
+    trained = train(model, tokenizer, data, cfg, prepare_checkpoints(cfg, fresh=True))
+    validation = sum(r.get("eval_runtime", 0) for r in trained.log_history)
+    train_tokens = counts["train_total"]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if lever.get("bf16") else contextlib.nullcontext()
+    before = counts["eval_total"]
+    with autocast:
+        result = evaluate(model, tokenizer, data["test"], cfg.batch_size)
+    return {"train_seconds": trained.seconds - validation, "train_examples": len(data["train"]),
+            "train_tokens": train_tokens, "eval_seconds": result.seconds, "eval_examples": len(data["test"]),
+            "eval_tokens": counts["eval_total"] - before, "accuracy": result.metrics["accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "rotten_tomatoes"))
+    parser.add_argument("--train-size", type=int, default=2048)
+    parser.add_argument("--eval-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--case", choices=sorted(CASES))
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    args = parser.parse_args()
+    if args.case:
+        print("LEVER_RESULT " + json.dumps(run_case(args.case, args)))
+        return
+
+    base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
+            str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+            "--threads", str(args.threads)]
+    flops = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), *base[2:], "--case", "flops"],
+                           capture_output=True, text=True, cwd=ROOT)
+    per_token = json.loads(next(line for line in flops.stdout.splitlines() if line.startswith("BENCH_RESULT"))
+                           .split(" ", 1)[1])
+    rates = {"fp32": matmul_rate("float32", args.threads), "bf16": matmul_rate("bfloat16", args.threads)}
+    print(f"matrix products (2048^3, {args.threads} threads): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 "
+          f"{rates['bf16']:.1f} GFLOP/s; FLOPs per token: training {per_token['train_flops_per_token'] / 1e6:.1f} M, "
+          f"evaluation {per_token['eval_flops_per_token'] / 1e6:.1f} M", flush=True)
+    rows = []
+    for name in args.cases:
+        proc = subprocess.run(base + ["--case", name], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            print(f"{name}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            continue
+        r = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("LEVER_RESULT")).split(" ", 1)[1])
+        reference = rates["bf16" if CASES[name].get("bf16") else "fp32"]
+        train_gflops = per_token["train_flops_per_token"] * r["train_tokens"] / r["train_seconds"] / 1e9
+        eval_gflops = per_token["eval_flops_per_token"] * r["eval_tokens"] / r["eval_seconds"] / 1e9
+        rows.append({"case": name, "train_examples_per_s": r["train_examples"] / r["train_seconds"],
+                     "eval_examples_per_s": r["eval_examples"] / r["eval_seconds"], "train_gflops": train_gflops,
+                     "train_mfu_fp32": train_gflops / rates["fp32"], "eval_gflops": eval_gflops,
+                     "eval_mfu_fp32": eval_gflops / rates["fp32"], "mfu_reference": reference,
+                     "accuracy": r["accuracy"]})
+        row = rows[-1]
+        print(f"{name}: train {row['train_examples_per_s']:.1f} ex/s ({train_gflops:.0f} GFLOP/s, MFU "
+              f"{row['train_mfu_fp32']:.3f} of fp32), eval {row['eval_examples_per_s']:.1f} ex/s ({eval_gflops:.0f} "
+              f"GFLOP/s, {row['eval_mfu_fp32']:.3f}), accuracy {r['accuracy']:.4f}", flush=True)
+    print("\n| case | train examples/s | train GFLOP/s | train MFU (fp32 rate) | eval examples/s | eval GFLOP/s | "
+          "eval MFU (fp32 rate) | test accuracy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['case']} | {row['train_examples_per_s']:.1f} | {row['train_gflops']:.0f} | "
+              f"{row['train_mfu_fp32']:.3f} | {row['eval_examples_per_s']:.1f} | {row['eval_gflops']:.0f} | "
+              f"{row['eval_mfu_fp32']:.3f} | {row['accuracy']:.4f} |")
+    print(json.dumps({"rates_gflops": rates, "flops_per_token": per_token, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
