@@ -22,7 +22,7 @@ from .config import RunConfig, log_dir
 from .distributed import is_main
 from .errors import UserError, batch_size_advice
 from .metrics import compute_metrics
-from .modeling import default_device
+from .modeling import default_device, freeze_adalora_ranknum
 
 RUN_FILE = "run.json"  # in the checkpoint folder: the settings of the run its checkpoints belong to
 
@@ -151,6 +151,9 @@ class SaveEachEpoch(TrainerCallback):
 class AdaLoraBudget(TrainerCallback):
     """AdaLoRA moves rank between layers from the gradients: peft's update_and_allocate must run after every
     optimizer step and before the gradients are zeroed, which is where the Trainer calls on_optimizer_step."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        freeze_adalora_ranknum(model)  # also for a model made with get_peft_model directly (the notebook)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         model.base_model.update_and_allocate(state.global_step)

@@ -282,7 +282,9 @@ def finish(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, 
 def check_launch(p: Prepared) -> None:
     """With several processes: refuse, before training, processes that loaded different data or settings."""
     if distributed.is_distributed():
-        distributed.check_same_data(distributed.data_fingerprint(p.cfg.run_identity(), p.encoded),
+        # the settings without the data's path (nodes may mount the same files elsewhere): the rows are compared
+        settings = {k: v for k, v in p.cfg.run_identity().items() if k != "data_dir"}
+        distributed.check_same_data(distributed.data_fingerprint(settings, p.encoded),
                                     {split: len(rows) for split, rows in p.encoded.items()})
         print(f"{distributed.world_size()} processes, the same data on each; global batch "
               f"{p.cfg.batch_size * distributed.world_size()} ({p.cfg.batch_size} per process)")

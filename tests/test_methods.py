@@ -106,6 +106,18 @@ def test_adalora_ranknum_stays_frozen_when_peft_moves_the_adapter(tiny_bert):
     assert ranknum and not any(p.requires_grad for p in ranknum)
     assert all(p.item() == peft_model.peft_config["default"].init_r for p in ranknum)
 
+    # a model made with get_peft_model itself (as the notebook does) is frozen when training begins
+    from peft import get_peft_model
+
+    from peft_helpers.modeling import peft_config
+    from peft_helpers.training import AdaLoraBudget
+
+    model, _ = load_model(str(tiny_bert), ["neg", "pos"], device="cpu")
+    stock = get_peft_model(model.to(torch.float64), peft_config(model, cfg, total_steps=100))
+    assert any(p.requires_grad for n, p in stock.named_parameters() if ".ranknum." in n)  # peft's doing
+    AdaLoraBudget().on_train_begin(None, None, None, model=stock)
+    assert not any(p.requires_grad for n, p in stock.named_parameters() if ".ranknum." in n)
+
 
 def test_pissa_adapter_fits_the_original_base(tiny_gpt2, rt_dir, tmp_path):
     """PiSSA rewrites the base weights while training; the saved adapter is converted (rank 2r) to fit the
