@@ -114,7 +114,9 @@ def test_adalora_ranknum_stays_frozen_when_peft_moves_the_adapter(tiny_bert):
 
     model, _ = load_model(str(tiny_bert), ["neg", "pos"], device="cpu")
     stock = get_peft_model(model.to(torch.float64), peft_config(model, cfg, total_steps=100))
-    assert any(p.requires_grad for n, p in stock.named_parameters() if ".ranknum." in n)  # peft's doing
+    for name, param in stock.named_parameters():
+        if ".ranknum." in name:  # as peft 0.21 leaves it after the move (0.14 does not)
+            param.requires_grad_(True)
     AdaLoraBudget().on_train_begin(None, None, None, model=stock)
     assert not any(p.requires_grad for n, p in stock.named_parameters() if ".ranknum." in n)
 
