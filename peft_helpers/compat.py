@@ -58,3 +58,25 @@ def rng_state_loading():
     np_core = np._core if Version(np.__version__) >= Version("2.0") else np.core
     allowlist = [np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     return torch.serialization.safe_globals(allowlist)
+
+
+def optimizer_state_loading():
+    """Context for the Trainer's `_load_optimizer_and_scheduler` (resuming a checkpoint). In a launch of several
+    CPU processes, transformers 4.x (seen with 4.46.3) loads the optimizer state with map_location=args.device,
+    `cpu:0` there, which torch.load cannot restore ("don't know how to restore data location ... cpu:0"); 5.x
+    (5.24) works. Any CPU device becomes "cpu"."""
+    import contextlib
+    from unittest import mock
+
+    import torch
+
+    if TRANSFORMERS >= Version("5"):
+        return contextlib.nullcontext()
+    original = torch.load
+
+    def load(*args, map_location=None, **kwargs):
+        if isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "cpu":
+            map_location = "cpu"
+        return original(*args, map_location=map_location, **kwargs)
+
+    return mock.patch.object(torch, "load", load)

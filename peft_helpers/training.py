@@ -17,7 +17,7 @@ from datasets import DatasetDict
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from .compat import rng_state_loading
+from .compat import optimizer_state_loading, rng_state_loading
 from .config import RunConfig, log_dir
 from .distributed import is_main
 from .errors import UserError, batch_size_advice
@@ -132,6 +132,10 @@ class LengthGroupedTrainer(Trainer):
     def _load_rng_state(self, checkpoint):
         with rng_state_loading():  # transformers < 4.51 with torch >= 2.6 (compat.py)
             return super()._load_rng_state(checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with optimizer_state_loading():  # transformers 4.x, several CPU processes (compat.py)
+            return super()._load_optimizer_and_scheduler(checkpoint)
 
 
 class SaveEachEpoch(TrainerCallback):
