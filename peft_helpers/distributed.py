@@ -118,6 +118,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def stop() -> None:
+    """Leave the launch's process group once every process is done: a process that exits with the group still
+    alive can abort while another is finishing ("terminate called without an active exception", SIGABRT; seen
+    with gloo when rank 1 returned while rank 0 was still checking the saved adapter)."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
 @contextlib.contextmanager
 def main_first():
     """The main process goes first (downloads, dataset caches), the others then find its files."""

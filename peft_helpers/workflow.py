@@ -314,4 +314,6 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         params = count_parameters(peft_model)
         print(params)
         trained = train(peft_model, p.tokenizer, p.encoded, cfg, resume_from=resume_from)
-        return distributed.on_main(lambda: finish(p, peft_model, trained, baseline, params, overwrite, results_path))
+        results = distributed.on_main(lambda: finish(p, peft_model, trained, baseline, params, overwrite, results_path))
+    distributed.stop()
+    return results
