@@ -163,13 +163,13 @@ def case_common(args) -> dict:
             "accuracy": metrics["eval_accuracy"]}
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """The machine's fp32 matrix-product rate with `threads` threads: the best of three timings of `repeats`
-    n x n products (2 n^3 FLOPs each). The reference for model FLOPs utilisation."""
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """The machine's matrix-product rate (fp32 unless `dtype` says) with `threads` threads: the best of three
+    timings of `repeats` n x n products (2 n^3 FLOPs each). The reference for model FLOPs utilisation."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     for _ in range(3):
         a @ b  # warm-up
     best = float("inf")

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,23 +33,6 @@ CASES = {
     "1 inter-op thread": {"interop": 1},
     "eager attention (eval)": {"attention": "eager"},
 }
-
-
-def matmul_rate(dtype_name: str, threads: int, n: int = 2048, repeats: int = 10) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 * repeats / best / 1e9
 
 
 def run_case(name: str, args) -> dict:
@@ -114,7 +96,9 @@ def main() -> None:
                            capture_output=True, text=True, cwd=ROOT)
     per_token = json.loads(next(line for line in flops.stdout.splitlines() if line.startswith("BENCH_RESULT"))
                            .split(" ", 1)[1])
-    rates = {"fp32": matmul_rate("float32", args.threads), "bf16": matmul_rate("bfloat16", args.threads)}
+    from bench import matmul_gflops
+
+    rates = {"fp32": matmul_gflops(args.threads), "bf16": matmul_gflops(args.threads, dtype="bfloat16")}
     print(f"matrix products (2048^3, {args.threads} threads): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 "
           f"{rates['bf16']:.1f} GFLOP/s; FLOPs per token: training {per_token['train_flops_per_token'] / 1e6:.1f} M, "
           f"evaluation {per_token['eval_flops_per_token'] / 1e6:.1f} M", flush=True)
