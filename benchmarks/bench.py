@@ -23,18 +23,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from peft_helpers.hardware import matmul_gflops  # noqa: E402
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes"
 
 
-def _setup(args, padding: str | None = None):
-    """Model (with LoRA) and tokenized data, identical for every case."""
+def _setup(args, padding: str | None = None, **settings):
+    """Model (with LoRA) and tokenized data, identical for every case; `settings` are RunConfig fields that a
+    case changes (levers.py)."""
     from peft_helpers.config import RunConfig
     from peft_helpers.modeling import create_lora_model
     from peft_helpers.workflow import prepare
 
     cfg = RunConfig(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
                     batch_size=args.batch_size, max_length=args.max_length, output_dir="/tmp/bench-unused",
-                    checkpoint_dir=f"/tmp/bench-runs-{args.case}", save_steps=10**9, seed=0, epochs=1)
+                    checkpoint_dir=f"/tmp/bench-runs-{args.case}", save_steps=10**9, seed=0, epochs=1, **settings)
     p = prepare(cfg, device="cpu")  # the tuned LoRA settings, one epoch
     cfg, model, tokenizer, encoded = p.cfg, p.model, p.tokenizer, p.encoded
     if padding == "max_length":
@@ -163,28 +166,10 @@ def case_common(args) -> dict:
             "accuracy": metrics["eval_accuracy"]}
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
-    """The machine's matrix-product rate (fp32 unless `dtype` says) with `threads` threads: the best of three
-    timings of `repeats` n x n products (2 n^3 FLOPs each). The reference for model FLOPs utilisation."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
-    for _ in range(3):
-        a @ b  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 * repeats / best / 1e9
-
-
-def case_flops(args) -> dict:
+def count_flops(cfg, model, tokenizer, data) -> dict:
     """FLOPs per processed (padded) token of a training step (forward and backward) and of an evaluation forward,
     counted by torch.utils.flop_counter.FlopCounterMode on 8 real batches of each, spread over the epoch's
-    length-grouped order; and the matrix-product rate."""
+    length-grouped order (training) and the length-sorted test split (evaluation)."""
     import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -192,7 +177,6 @@ def case_flops(args) -> dict:
 
     from peft_helpers.training import SeededLengthGroupedSampler
 
-    cfg, model, tokenizer, data = _setup(args)
     collator = DataCollatorWithPadding(tokenizer)
     rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
     order = list(SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed))
@@ -218,8 +202,13 @@ def case_flops(args) -> dict:
             model(**batch)
         flops, tokens = flops + counter.get_total_flops(), tokens + batch["input_ids"].numel()
     counts["eval_flops_per_token"] = flops / tokens
-    counts["matmul_gflops"] = matmul_gflops(args.threads)
     return counts
+
+
+def case_flops(args) -> dict:
+    """FLOPs per processed token (count_flops) and the matrix-product rate."""
+    cfg, model, tokenizer, data = _setup(args)
+    return {**count_flops(cfg, model, tokenizer, data), "matmul_gflops": matmul_gflops(args.threads)}
 
 
 CASES = {"pipeline": case_pipeline, "bare": case_bare, "common": case_common, "flops": case_flops}

@@ -5,8 +5,11 @@ test split, the Trainer pipeline of `bench.py`):
     python benchmarks/levers.py                      # about 8 minutes on 2 cores
 
 Cases: the default (batch 16, fp32); batch 32 and 64; torch.compile (the Trainer's torch_compile); bf16 autocast
-(training through the Trainer's bf16, evaluation under torch.autocast: only worth it where the CPU has bf16
-matrix instructions, AMX or AVX512-BF16); one inter-op thread; eager attention instead of SDPA in evaluation.
+(`--precision bf16`: training through the Trainer's bf16, and here evaluation under torch.autocast too, which the
+package does not do; only worth it, and only allowed, where the CPU has bf16 matrix units, AMX or AVX512-BF16);
+one inter-op thread; eager attention instead of SDPA in evaluation; the pretrained model's dropout off
+(`--model-dropout 0`), and every dropout off (also `--dropout 0`, the adapter's), alone, with batch 32 and with
+bf16; evaluation in batches of 64 (training unchanged).
 Utilisation = FLOPs per processed token (FlopCounterMode, as in bench.py) x processed tokens / seconds / the
 machine's matrix-product rate measured in the same run (fp32, and bf16 for the bf16 case).
 """
@@ -29,9 +32,14 @@ CASES = {
     "batch 32": {"batch_size": 32},
     "batch 64": {"batch_size": 64},
     "torch.compile": {"compile": True},
-    "bf16 autocast": {"bf16": True},
+    "bf16 autocast (--precision bf16)": {"bf16": True, "settings": {"precision": "bf16"}},
     "1 inter-op thread": {"interop": 1},
     "eager attention (eval)": {"attention": "eager"},
+    "model dropout 0": {"settings": {"model_dropout": 0.0}},
+    "no dropout (model and adapter)": {"settings": {"model_dropout": 0.0, "dropout": 0.0}},
+    "no dropout, batch 32": {"batch_size": 32, "settings": {"model_dropout": 0.0, "dropout": 0.0}},
+    "no dropout, bf16": {"bf16": True, "settings": {"model_dropout": 0.0, "dropout": 0.0, "precision": "bf16"}},
+    "evaluation batch 64": {"eval_batch_size": 64},
 }
 
 
@@ -41,7 +49,6 @@ def run_case(name: str, args) -> dict:
     import torch
     from bench import _setup, _token_counter
 
-    import peft_helpers.training as training
     from peft_helpers.evaluation import evaluate
     from peft_helpers.training import prepare_checkpoints, train
 
@@ -49,11 +56,9 @@ def run_case(name: str, args) -> dict:
     torch.set_num_threads(args.threads)
     if "interop" in lever:
         torch.set_num_interop_threads(lever["interop"])
-    if lever.get("bf16"):  # RunConfig allows bf16 only on CUDA; this measures what it would give on this CPU
-        training.mixed_precision = lambda precision="auto": {"bf16": True}
     setup_args = argparse.Namespace(**{**vars(args), "batch_size": lever.get("batch_size", args.batch_size),
                                        "case": name.replace(" ", "-").replace(".", "")})
-    cfg, model, tokenizer, data = _setup(setup_args)
+    cfg, model, tokenizer, data = _setup(setup_args, **lever.get("settings", {}))
     if lever.get("compile"):
         from dataclasses import replace
 
@@ -67,7 +72,7 @@ def run_case(name: str, args) -> dict:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if lever.get("bf16") else contextlib.nullcontext()
     before = counts["eval_total"]
     with autocast:
-        result = evaluate(model, tokenizer, data["test"], cfg.batch_size)
+        result = evaluate(model, tokenizer, data["test"], lever.get("eval_batch_size", cfg.batch_size))
     return {"train_seconds": trained.seconds - validation, "train_examples": len(data["train"]),
             "train_tokens": train_tokens, "eval_seconds": result.seconds, "eval_examples": len(data["test"]),
             "eval_tokens": counts["eval_total"] - before, "accuracy": result.metrics["accuracy"]}
@@ -96,7 +101,7 @@ def main() -> None:
                            capture_output=True, text=True, cwd=ROOT)
     per_token = json.loads(next(line for line in flops.stdout.splitlines() if line.startswith("BENCH_RESULT"))
                            .split(" ", 1)[1])
-    from bench import matmul_gflops
+    from peft_helpers.hardware import matmul_gflops
 
     rates = {"fp32": matmul_gflops(args.threads), "bf16": matmul_gflops(args.threads, dtype="bfloat16")}
     print(f"matrix products (2048^3, {args.threads} threads): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 "

@@ -41,7 +41,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     steps = {"random_head": random_head, "linear_probe": linear_probe, "full": full_finetune, "zero_shot": zero_shot}
     results = {"model": p.cfg.model, "method": kind, "dataset": dataset_name(p.cfg), "eval_split": "test",
                "train_size": len(p.data["train"]), "eval_size": len(p.data["test"]), "label_names": p.label_names,
-               "seed": p.cfg.seed, "device": device_summary(), **steps[kind](p)}
+               "seed": p.cfg.seed, "device": device_summary(p.cfg.precision), **steps[kind](p)}
     results["peak_memory_mib"] = peak_memory_mib()
     write_json(Path(cfg.output_dir) / RESULTS_FILE, results)
     print(f"{kind}: accuracy {results['finetuned']['accuracy']:.4f}, macro F1 {results['finetuned']['f1']:.4f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
@@ -67,14 +68,18 @@ def _run(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from .demo import demo_config
+    from .demo import demo_config, machine_line
     from .workflow import run
 
     parser = HfArgumentParser((DemoOptions,), prog="python -m peft_helpers demo")
     (options,) = _parse(parser, argv)
     cfg = demo_config(options.local_data, model=options.model)
     print(f"Demo: model={cfg.model}, data={cfg.data_dir or 'Hub rotten_tomatoes'}")
+    print(machine_line())
+    start = time.perf_counter()
     run(cfg, overwrite=True, results_path=options.results)
+    minutes, seconds = divmod(round(time.perf_counter() - start), 60)
+    print(f"Demo finished in {minutes} min {seconds} s (training and every evaluation).")
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 from .errors import UserError
 
 # RunConfig fields that are options of a method (None there = the method's default, or "not given").
-METHOD_OPTIONS = ("r", "alpha", "dropout", "target_modules", "num_virtual_tokens")
+METHOD_OPTIONS = ("r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "layers")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Method:
     mergeable: bool = True
 
 
-LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules")
+LORA_OPTIONS = ("r", "alpha", "dropout", "target_modules", "layers")
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("lora", "LoRA: a trained low-rank update B A added to each target weight", LORA_OPTIONS),
     Method("dora", "DoRA: LoRA on the direction, plus a trained magnitude per output (use_dora)", LORA_OPTIONS),
@@ -50,7 +50,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ia3", "IA3: trained vectors that rescale keys, values and feed-forward activations", ("target_modules",),
            lr_scale=10.0),
     Method("vera", "VeRA: frozen shared random low-rank matrices, only per-layer scaling vectors trained",
-           ("r", "dropout", "target_modules"), lr_scale=10.0, defaults={"r": 256}),
+           ("r", "dropout", "target_modules", "layers"), lr_scale=10.0, defaults={"r": 256}),
     Method("prompt_tuning", "prompt tuning: trained embeddings of virtual tokens put before the text",
            ("num_virtual_tokens",), lr_scale=30.0, prompt=True, mergeable=False),
     Method("p_tuning", "P-tuning: virtual-token embeddings produced by a small trained MLP",
@@ -160,7 +160,8 @@ def build_config(method: str, cfg, model_type: str, targets: list[str] | None, f
         extra = {"dora": {"use_dora": True}, "rslora": {"use_rslora": True},
                  "pissa": {"init_lora_weights": "pissa_niter_4"}}.get(method, {})
         return peft.LoraConfig(task_type=task, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                               target_modules=targets, fan_in_fan_out=fan_in_fan_out, modules_to_save=[head], **extra)
+                               target_modules=targets, fan_in_fan_out=fan_in_fan_out, modules_to_save=[head],
+                               layers_to_transform=cfg.layers, **extra)
     if method == "adalora":
         steps = max(1, int(total_steps or 1))
         # Ranks start at 1.5 r and are pruned to r on average between 10% and 80% of training (AdaLoRA paper's
@@ -169,11 +170,12 @@ def build_config(method: str, cfg, model_type: str, targets: list[str] | None, f
         return peft.AdaLoraConfig(task_type=task, target_r=cfg.r, init_r=max(cfg.r, cfg.r * 3 // 2),
                                   lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                                   fan_in_fan_out=fan_in_fan_out, modules_to_save=[head], total_step=steps,
+                                  layers_to_transform=cfg.layers,
                                   tinit=tinit, tfinal=tfinal, deltaT=max(1, steps // 50))
     if method in ("loha", "lokr"):
         cls = peft.LoHaConfig if method == "loha" else peft.LoKrConfig
         return cls(task_type=task, r=cfg.r, alpha=cfg.alpha, rank_dropout=cfg.dropout, target_modules=targets,
-                   modules_to_save=[head])
+                   modules_to_save=[head], layers_to_transform=cfg.layers)
     if method == "ia3":
         return peft.IA3Config(task_type=task, target_modules=targets,
                               feedforward_modules=feedforward_modules(model_type, targets),
@@ -182,7 +184,7 @@ def build_config(method: str, cfg, model_type: str, targets: list[str] | None, f
         # save_projection: the shared random matrices go into the adapter file, so any machine reloads it exactly.
         return peft.VeraConfig(task_type=task, r=cfg.r, vera_dropout=cfg.dropout, target_modules=targets,
                                fan_in_fan_out=fan_in_fan_out, save_projection=True, modules_to_save=[head],
-                               projection_prng_key=cfg.seed)
+                               projection_prng_key=cfg.seed, layers_to_transform=cfg.layers)
     if method == "prompt_tuning":
         return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens)
     if method == "p_tuning":

@@ -127,6 +127,19 @@ def load_model(
     return net.to(device or default_device()), tokenizer
 
 
+def set_model_dropout(model: torch.nn.Module, p: float | None) -> None:
+    """Set every dropout of the pretrained model to `p` (None: leave the model's own). Call it before the adapter
+    is added, so the adapter's own dropout keeps its setting. Covers nn.Dropout modules (BERT, GPT-2, also their
+    attention dropout, read from the module) and the float `attention_dropout` that Llama-style attention reads."""
+    if p is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+
+
 def quantization_kwargs() -> dict:
     """QLoRA's base: NF4 weights with double quantisation, bf16 compute (the QLoRA paper's settings). The new
     classification head stays in full precision: it is trained in full (modules_to_save), and bitsandbytes cannot
@@ -172,6 +185,7 @@ def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
     """LoRA settings for `model`: per-architecture targets, Conv1D layout for GPT-2, a trained and saved head."""
     cfg.require_resolved()
     targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(model)
+    check_layers(model.config, cfg.layers)
     if not matching_modules(model, targets):
         raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
     fan_in_fan_out = uses_conv1d(model, targets)
@@ -183,6 +197,7 @@ def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
         target_modules=targets,
         fan_in_fan_out=fan_in_fan_out,
         modules_to_save=[head_name(model)],
+        layers_to_transform=cfg.layers,
     )
 
 
@@ -215,10 +230,18 @@ def adapter_targets(model: PreTrainedModel, cfg: RunConfig) -> list[str] | None:
     return targets
 
 
+def check_layers(config, layers: list[int] | None) -> None:
+    """Refuse layer numbers the model does not have (peft would say only that no target module was found)."""
+    count = getattr(config, "num_hidden_layers", None)
+    if layers and count is not None and max(layers) >= count:
+        raise UserError(f"layers {layers}: this model has {count} layers, numbered 0 to {count - 1}.")
+
+
 def check_method_fits(model: PreTrainedModel, cfg: RunConfig) -> list[str] | None:
     """Refuse a method that does not fit this architecture or these lengths (works on an empty-weights model).
     Returns the method's target modules (None for prompt methods)."""
     targets = adapter_targets(model, cfg)
+    check_layers(model.config, cfg.layers)
     check_fits(cfg.method, model.config, cfg.max_length, cfg.num_virtual_tokens,
                targets is not None and uses_conv1d(model, targets))
     if cfg.method == "prefix_tuning":

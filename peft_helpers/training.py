@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import DatasetDict
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import has_length
 
 from .compat import optimizer_state_loading, rng_state_loading
 from .config import RunConfig, log_dir
@@ -27,20 +29,24 @@ from .modeling import default_device, freeze_adalora_ranknum
 RUN_FILE = "run.json"  # in the checkpoint folder: the settings of the run its checkpoints belong to
 
 
-def device_summary() -> str:
-    """What the run will use, in words, for the notebook and the results file."""
+def device_summary(precision: str = "auto") -> str:
+    """What the run will use, in words, for the notebook and the results file (`precision`: RunConfig's)."""
     device = default_device()
+    kind = next(iter(mixed_precision(precision)), None)  # bf16, fp16 or None (fp32)
     if device == "cuda":
         name = torch.cuda.get_device_name(0)
-        return f"cuda ({name}, {'bf16' if torch.cuda.is_bf16_supported() else 'fp16'} mixed precision)"
+        return f"cuda ({name}, {kind + ' mixed precision' if kind else 'fp32'})"
     if device == "mps":
         return "mps (Apple GPU, fp32)"
-    return f"cpu ({torch.get_num_threads()} threads, fp32)"
+    return f"cpu ({torch.get_num_threads()} threads, {kind + ' mixed precision' if kind else 'fp32'})"
 
 
 def mixed_precision(precision: str = "auto") -> dict:
-    """bf16/fp16 mixed precision only on a CUDA GPU ("auto": bf16 where it has it, else fp16); CPU and MPS train
-    in fp32. RunConfig refuses bf16/fp16 without CUDA."""
+    """bf16/fp16 mixed precision on a CUDA GPU ("auto": bf16 where it has it, else fp16); bf16 on a CPU only when
+    asked for (precision="bf16"; RunConfig refuses it where the CPU has no bf16 units), because "auto" keeps CPU runs
+    in fp32, reproducible to the digit. MPS trains in fp32."""
+    if precision == "bf16" and default_device() == "cpu":
+        return {"bf16": True}
     if precision == "fp32" or default_device() != "cuda":
         return {}
     if precision == "auto":
@@ -128,6 +134,16 @@ class LengthGroupedTrainer(Trainer):
         lengths = dataset[column] if column in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
         return SeededLengthGroupedSampler(batch, list(lengths), self.args.data_seed,
                                           current_epoch=lambda: int(self.state.epoch or 0))
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Validation in batches sorted by length, longest first, as evaluation.predict_logits does: almost no padding
+        # (MiniLM's validation pass: 5.7 s in the Trainer's stored order, 3.7 s sorted). Accuracy, F1 and the mean
+        # loss do not depend on the order in which the examples are scored.
+        if eval_dataset is None or not has_length(eval_dataset):
+            return super()._get_eval_sampler(eval_dataset)
+        column = self.args.length_column_name
+        lengths = eval_dataset[column] if column in eval_dataset.column_names else [len(i) for i in eval_dataset["input_ids"]]
+        return np.argsort(-np.asarray(lengths), kind="stable").tolist()
 
     def _load_rng_state(self, checkpoint):
         with rng_state_loading():  # transformers < 4.51 with torch >= 2.6 (compat.py)

@@ -27,6 +27,7 @@ from .modeling import (
     create_peft_model,
     load_config,
     load_model,
+    set_model_dropout,
     set_padding_side,
 )
 from .offline import offline_model_name
@@ -116,6 +117,7 @@ def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     names = label_names(data)
     model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device,
                                   quantize_4bit=cfg.method == "qlora")
+    set_model_dropout(model, cfg.model_dropout)
     set_padding_side(tokenizer, model, cfg.method)
     return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length, cfg.truncation), model, tokenizer, names)
 
@@ -133,7 +135,9 @@ def describe(p: Prepared) -> None:
                         if getattr(cfg, k) is not None)
     print(f"Settings: method={cfg.method}, epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}"
           + (f", {options}" if options else "")
-          + ("" if cfg.num_virtual_tokens else f", target_modules={cfg.target_modules or 'default'}"))
+          + ("" if cfg.num_virtual_tokens else f", target_modules={cfg.target_modules or 'default'}")
+          + ("" if cfg.layers is None else f", layers={cfg.layers}")
+          + ("" if cfg.model_dropout is None else f", model_dropout={cfg.model_dropout:g}"))
 
 
 def training_record(trainer: Trainer) -> dict:
@@ -212,7 +216,7 @@ def results_dict(p: Prepared, baseline: EvalResult, finetuned: EvalResult, param
         "eval_samples_per_second": round(finetuned.samples_per_second, 2),
         "reload_max_logit_diff": max_diff,
         "adapter_dir": str(adapter_dir),
-        "device": device_summary(),
+        "device": device_summary(cfg.precision),
         "processes": distributed.world_size(),
         "seed": cfg.seed,
         "versions": versions(),
@@ -300,7 +304,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
     with distributed.quiet_unless_main():
         resume_from = distributed.on_main(lambda: check_before_work(cfg, overwrite, resume))
         set_seed(cfg.seed)
-        print(f"Device: {device_summary()}")
+        print(f"Device: {device_summary(cfg.precision)}")
         with distributed.main_first():
             p = prepare(cfg)
         check_launch(p)

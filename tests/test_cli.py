@@ -140,6 +140,7 @@ def test_demo_settings_online_and_offline(rt_dir, monkeypatch):
     assert (online.model, online.data_dir, online.train_size, online.output_dir) == ("gpt2", None, None, DEMO_OUTPUT_DIR)
     offline = demo_config(str(rt_dir), online=False)
     assert (offline.model, offline.data_dir, offline.eval_size) == ("minilm", str(rt_dir), None)
+    assert (offline.epochs, offline.model_dropout, offline.dropout) == (2.0, 0.0, 0.0)  # BENCHMARKS: "The demo's time"
     with pytest.raises(UserError, match="Hub is unreachable and no local data"):
         demo_config(None, online=False)
 
@@ -172,6 +173,10 @@ def test_demo_command_runs_offline(tiny_gpt2, rt_dir, in_tmp, monkeypatch, capsy
     assert main(["demo", "--model", str(tiny_gpt2), "--local-data", str(small)]) == 0
     out = capsys.readouterr().out
     assert f"Demo: model={tiny_gpt2}, data={small}" in out
+    # the machine's matrix-product rate comes first (to compare the demo's time between machines), the time last
+    rate = re.search(r"Machine: fp32 matrix products at (\d+) GFLOP/s with (\d+) CPU threads", out)
+    assert rate and int(rate[1]) > 0 and int(rate[2]) == torch.get_num_threads() and out.index(rate[0]) < out.index("Pretrained")
+    assert re.search(r"Demo finished in \d+ min \d+ s", out.strip().splitlines()[-1])
     results = json.loads((in_tmp / "saved_adapters" / "demo" / "results.json").read_text())
     assert (results["train_size"], results["eval_size"]) == (160, 20)
 

@@ -75,3 +75,108 @@ def test_tokenizer_model_vocab_mismatch(tmp_path):
     AutoTokenizer.from_pretrained(GPT2_TOKENIZER).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="tokenizer has 50257 tokens but the model's embedding has 1000"):
         load_model(str(tmp_path), ["a", "b"])
+
+
+def _sequence_classifier(arch: str) -> torch.nn.Module:
+    """A tiny random classifier whose pretrained part has dropout 0.1 everywhere it has dropout at all."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        return GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, pad_token_id=0))
+    if arch == "bert":
+        return BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                        num_attention_heads=2, intermediate_size=64))
+    return LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                      num_attention_heads=2, num_key_value_heads=2,
+                                                      intermediate_size=64, attention_dropout=0.1, pad_token_id=0))
+
+
+def _train_mode_logits_differ(model) -> bool:
+    """Two training-mode forwards of the same batch: different only where some dropout is active."""
+    model.train()
+    ids = torch.randint(1, 64, (4, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama"])
+def test_model_dropout_zero_turns_off_the_pretrained_models_dropout_but_not_the_adapters(arch):
+    from peft import LoraConfig, get_peft_model
+
+    from peft_helpers.modeling import set_model_dropout
+
+    model = _sequence_classifier(arch)
+    assert _train_mode_logits_differ(model)  # the model's own dropout is on
+    set_model_dropout(model, 0.0)
+    assert not _train_mode_logits_differ(model)  # every dropout of the model is off, attention's included
+    targets = {"gpt2": ["c_attn"], "bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}[arch]
+    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, lora_dropout=0.5, target_modules=targets,
+                                                      init_lora_weights=False))  # B != 0: its dropout shows
+    adapter_dropouts = [m for n, m in peft_model.named_modules() if n.endswith("lora_dropout.default")]
+    assert adapter_dropouts and all(m.p == 0.5 for m in adapter_dropouts)  # the adapter's own setting is kept
+    assert _train_mode_logits_differ(peft_model)  # ... and still drops
+
+
+def test_model_dropout_none_leaves_the_model_as_it_is():
+    from peft_helpers.modeling import set_model_dropout
+
+    model = _sequence_classifier("bert")
+    set_model_dropout(model, None)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+
+
+def test_run_config_model_dropout_reaches_the_prepared_model(tiny_gpt2, rt_dir):
+    from peft_helpers.workflow import prepare
+
+    p = prepare(RunConfig(model=str(tiny_gpt2), data_dir=str(rt_dir), train_size=32, eval_size=16, model_dropout=0.0),
+                device="cpu")
+    assert {m.p for m in p.model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    with pytest.raises(UserError, match=r"model_dropout=1\.5 is invalid"):
+        RunConfig(model="x", model_dropout=1.5)
+
+
+def _training_step_flops(model, ids) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=torch.zeros(len(ids), dtype=torch.long)).loss.backward()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "vera"])
+def test_layers_puts_the_adapter_in_those_layers_only_and_skips_the_backward_below(tiny_gpt2, method):
+    from peft_helpers.modeling import create_peft_model
+
+    ids = torch.randint(0, 50257, (4, 16), generator=torch.Generator().manual_seed(0))
+    flops = {}
+    for layers in (None, [1]):
+        model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
+        cfg = RunConfig(model="x", method=method, layers=layers, **({"r": 4} if method == "vera" else {})).resolved("gpt2")
+        peft_model = create_peft_model(model, cfg)
+        adapted = {n.split(".h.")[1].split(".")[0] for n, p in peft_model.named_parameters()
+                   if p.requires_grad and ".h." in n}
+        assert adapted == ({"0", "1"} if layers is None else {"1"})
+        flops[str(layers)] = _training_step_flops(peft_model, ids)
+    assert flops["[1]"] < flops["None"]  # layer 0 is not back-propagated through
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    pytest.param({"layers": [2]}, r"layers \[2\]: this model has 2 layers, numbered 0 to 1", id="layers2-this-model-has-2"),
+    pytest.param({"layers": [0], "method": "ia3"}, r"layers is not an option of method ia3", id="ia3"),
+    pytest.param({"layers": [-1]}, r"layers=\[-1\] is invalid", id="negative"),
+    pytest.param({"layers": []}, r"layers=\[\] is invalid", id="empty"),
+])
+def test_bad_layers_are_refused_in_one_line(tiny_gpt2, settings, message):
+    from peft_helpers.modeling import check_method_before_loading
+
+    with pytest.raises(UserError, match=message):
+        check_method_before_loading(RunConfig(model=str(tiny_gpt2), **settings).resolved("gpt2"))

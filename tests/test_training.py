@@ -166,3 +166,60 @@ def test_compile_that_cannot_work_here_falls_back_with_one_warning(tiny_gpt2, rt
     assert "Traceback" not in proc.stderr
     results = json.loads((tmp_path / "adapter" / "results.json").read_text())
     assert results["config"]["compile"] is False and results["reload_max_logit_diff"] <= 1e-4
+
+
+def test_validation_runs_on_length_sorted_batches_with_the_metrics_of_the_stored_order(setup, tiny_gpt2, tmp_path):
+    """The Trainer's validation pass scores length-sorted batches (little padding) and reports what scoring the
+    split in its stored order reports."""
+    from peft_helpers.config import RunConfig
+    from peft_helpers.modeling import create_peft_model
+    from peft_helpers.training import build_trainer
+
+    _, tokenizer, data = setup
+    model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")  # its own: the adapter goes in place
+    cfg = RunConfig(model="x", batch_size=8, output_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "c"),
+                    seed=0).resolved("gpt2")
+    peft_model = create_peft_model(model, cfg)
+    trainer = build_trainer(peft_model, tokenizer, data, cfg)
+    lengths = [int(batch["attention_mask"].sum(1).max()) for batch in trainer.get_eval_dataloader()]
+    assert lengths == sorted(lengths, reverse=True) and sorted(data["validation"]["length"]) != data["validation"]["length"]
+    metrics = trainer.evaluate()
+    stored = evaluate(peft_model, tokenizer, data["validation"], batch_size=8)
+    assert metrics["eval_accuracy"] == pytest.approx(stored.metrics["accuracy"])
+    assert metrics["eval_f1"] == pytest.approx(stored.metrics["f1"])
+    labels = torch.tensor(data["validation"]["label"])
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(stored.logits), labels).item()
+    assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU mixed precision; on a GPU bf16 is the CUDA path")
+def test_cpu_bf16_trains_in_mixed_precision_where_the_cpu_has_bf16_units(tiny_gpt2, rt_dir, tmp_path):
+    """--precision bf16 on a CPU with AMX / AVX512-BF16: training under bf16 autocast, evaluation and the reload
+    check in fp32. A fresh process: accelerate's mixed-precision state is global."""
+    import json
+
+    from peft_helpers.hardware import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 matrix units (the refusal is tested below)")
+    results = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "peft_helpers", "run", "--model", str(tiny_gpt2), "--data-dir",
+                           str(rt_dir), "--train-size", "32", "--eval-size", "16", "--batch-size", "8", "--precision",
+                           "bf16", "--output-dir", str(tmp_path / "adapter"), "--checkpoint-dir", str(tmp_path / "runs"),
+                           "--results", str(results)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(results.read_text())
+    assert record["device"].endswith("bf16 mixed precision)") and record["training_arguments"]["bf16"] is True
+    assert record["reload_max_logit_diff"] <= 1e-4  # evaluated in fp32, in memory and reloaded alike
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
+def test_cpu_bf16_is_refused_where_the_cpu_has_no_bf16_units(monkeypatch):
+    from peft_helpers import hardware
+    from peft_helpers.config import RunConfig
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    with pytest.raises(UserError, match="precision=bf16 needs a CUDA GPU or a CPU with bf16 matrix units"):
+        RunConfig(model="x", precision="bf16")
+    with pytest.raises(UserError, match="precision=fp16 needs a CUDA GPU"):
+        RunConfig(model="x", precision="fp16")

@@ -1,0 +1,104 @@
+"""How long `make demo` (offline: MiniLM on the local Rotten Tomatoes files) would take on another CPU, from one run
+here (issue #13 asks for 5 minutes on 2 cores whose fp32 matrix products run at about 110 GFLOP/s):
+
+    python benchmarks/demo_time.py                   # runs the demo once (2-3 minutes here), then counts FLOPs
+
+It runs `python -m peft_helpers demo` as a user does and reads from its output this machine's matrix-product rate
+R (measured by the demo itself) and the demo's wall time T. Then it counts the demo's matrix-product FLOPs F with
+FlopCounterMode: per real token of a training step and of an evaluation forward (bench.count_flops, with the
+demo's own settings) times the real tokens the demo processes (training: every train review, each epoch;
+evaluation: the test split three times, before training, after it and reloaded, and the validation split after
+each epoch). F / R is the time those products take here; the rest of T is everything else (element-wise
+operations, Python, data, saving, loading). For a machine of rate `--target-gflops`:
+
+    low estimate   F / target + (T - F / R)     only the matrix products slow down (same cores otherwise)
+    high estimate  T x R / target               everything slows down as much as the matrix products
+
+The truth lies between: a slower matrix-product rate usually means narrower vector units or fewer FLOPs per
+cycle, which element-wise work feels less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def demo_flops(data_dir: str, epochs: float, validation_passes: int) -> dict:
+    """Matrix-product FLOPs of the demo's training and evaluations (real tokens)."""
+    from dataclasses import asdict
+
+    from bench import _setup, count_flops
+
+    from peft_helpers.demo import demo_config
+
+    cfg = demo_config(data_dir, online=False)
+    settings = {k: v for k, v in asdict(cfg).items() if k in ("model_dropout", "dropout", "layers", "r", "alpha",
+                                                               "target_modules") and v is not None}
+    args = argparse.Namespace(model=cfg.model, data_dir=data_dir, train_size=None, eval_size=None,
+                              batch_size=cfg.batch_size, max_length=cfg.max_length, case="demo-flops")
+    run_cfg, model, tokenizer, data = _setup(args, **settings)
+    per_token = count_flops(run_cfg, model, tokenizer, data)
+    tokens = {split: int(sum(data[split]["length"])) for split in ("train", "validation", "test")}
+    train = per_token["train_flops_per_token"] * tokens["train"] * epochs
+    evaluation = per_token["eval_flops_per_token"] * (3 * tokens["test"] + validation_passes * tokens["validation"])
+    return {"train_flops": train, "eval_flops": evaluation, "tokens": tokens, **per_token}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "rotten_tomatoes"))
+    parser.add_argument("--target-gflops", type=float, default=110.0)
+    parser.add_argument("--workdir", default="/tmp/demo-time", help="where the demo runs (its saved_adapters/)")
+    args = parser.parse_args()
+
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    results = Path(args.workdir) / "results.json"
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "peft_helpers", "demo", "--local-data", str(Path(args.data_dir).resolve()),
+                           "--results", str(results)], cwd=args.workdir, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"the demo failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    rate = float(re.search(r"Machine: fp32 matrix products at (\d+) GFLOP/s", done.stdout)[1])
+    reported = re.search(r"Demo finished in (\d+) min (\d+) s", done.stdout)
+    demo_seconds = int(reported[1]) * 60 + int(reported[2])
+    record = json.loads(results.read_text())
+    epochs = record["config"]["epochs"]
+    validation_passes = sum(1 for point in record["learning_curve"] if "eval_accuracy" in point)
+    flops = demo_flops(args.data_dir, epochs, validation_passes)
+    total = flops["train_flops"] + flops["eval_flops"]
+    matmul_here = total / (rate * 1e9)
+    other = demo_seconds - matmul_here
+    low = total / (args.target_gflops * 1e9) + other
+    high = demo_seconds * rate / args.target_gflops
+    out = {
+        "matmul_gflops": rate, "demo_seconds": demo_seconds, "process_seconds": round(wall, 1),
+        "accuracy_before": record["baseline"]["accuracy"], "accuracy_after": record["finetuned"]["accuracy"],
+        "train_seconds": record["train_seconds"], "epochs": epochs, "validation_passes": validation_passes,
+        "train_gflop": flops["train_flops"] / 1e9, "eval_gflop": flops["eval_flops"] / 1e9,
+        "matmul_seconds_here": matmul_here, "other_seconds_here": other,
+        "target_gflops": args.target_gflops, "estimate_low_seconds": low, "estimate_high_seconds": high,
+    }
+    print(f"demo here: {demo_seconds} s at {rate:.0f} GFLOP/s; accuracy {out['accuracy_before']:.4f} -> "
+          f"{out['accuracy_after']:.4f}; training {record['train_seconds']:.1f} s ({epochs:g} epochs)")
+    print(f"matrix products: {total / 1e12:.2f} TFLOP (training {flops['train_flops'] / 1e12:.2f}, evaluation "
+          f"{flops['eval_flops'] / 1e12:.2f}) = {matmul_here:.0f} s at this rate; everything else {other:.0f} s")
+    print(f"at {args.target_gflops:.0f} GFLOP/s: {low:.0f} s (only matrix products slower) to {high:.0f} s "
+          "(everything slower in proportion)")
+    print("DEMO_TIME " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

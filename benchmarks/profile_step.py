@@ -1,0 +1,98 @@
+"""Where a CPU training step of MiniLM + LoRA spends its time (issue #13: why utilisation stays low), on the
+benchmark's set-up (bench.py: tuned LoRA, batch 16, length-grouped real batches of Rotten Tomatoes):
+
+    python benchmarks/profile_step.py                        # dropout as the model has it (0.1 everywhere)
+    python benchmarks/profile_step.py --no-dropout           # --model-dropout 0 --dropout 0
+    python benchmarks/profile_step.py --no-dropout --compile # torch.compile(dynamic=True): compile time, steady rate
+
+A bare loop (forward, backward, AdamW step) over the batches: 5 warm-up steps (with --compile: the first 10, which
+include compiling), then examples/s over the next 40, then torch.profiler over 20 more, printing the operators that
+took the most time, and the rate at which the matrix-product operators ran (the FLOPs FlopCounterMode counts for
+those 20 steps over the profiled time of mm, addmm and bmm). The products' share of the time bounds utilisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "rotten_tomatoes"))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-dropout", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--rows", type=int, default=15, help="operators listed")
+    args = parser.parse_args()
+
+    import torch
+    from bench import _setup
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import DataCollatorWithPadding
+
+    from peft_helpers.hardware import matmul_gflops
+    from peft_helpers.training import SeededLengthGroupedSampler
+
+    torch.set_num_threads(args.threads)
+    setup = argparse.Namespace(model="minilm", data_dir=args.data_dir, train_size=2048, eval_size=None,
+                               batch_size=args.batch_size, max_length=128, case="profile")
+    settings = {"model_dropout": 0.0, "dropout": 0.0} if args.no_dropout else {}
+    cfg, model, tokenizer, data = _setup(setup, **settings)
+    collator = DataCollatorWithPadding(tokenizer)
+    rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
+    order = list(SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed))
+    batches = [collator([rows[i] for i in order[s : s + cfg.batch_size]]) for s in range(0, len(order), cfg.batch_size)]
+    batches = [{("labels" if k == "label" else k): v for k, v in b.items()} for b in batches]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    forward = torch.compile(model, dynamic=True) if args.compile else model
+    model.train()
+
+    def step(batch):
+        forward(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    warm = 10 if args.compile else 5
+    start = time.perf_counter()
+    for batch in batches[:warm]:
+        step(batch)
+    warm_seconds = time.perf_counter() - start
+    start, examples = time.perf_counter(), 0
+    for batch in batches[warm : warm + 40]:
+        step(batch)
+        examples += len(batch["labels"])
+    rate = examples / (time.perf_counter() - start)
+    profiled = batches[warm + 40 : warm + 60]
+    flops = 0
+    for batch in profiled:  # the FLOPs of the profiled steps (forward and backward; no optimizer step here)
+        with FlopCounterMode(display=False) as counter:
+            model(**batch).loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+        flops += counter.get_total_flops()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in profiled:
+            step(batch)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    reference = matmul_gflops(args.threads)
+    achieved = flops / (matmul / 1e6) / 1e9  # self times are in microseconds
+    print(f"dropout {'off' if args.no_dropout else 'on (0.1)'}{', compiled' if args.compile else ''}: first {warm} "
+          f"steps {warm_seconds:.1f} s, then {rate:.1f} training examples/s; matrix products (mm, addmm, bmm) "
+          f"{matmul / total:.1%} of the profiled time, running at {achieved:.0f} GFLOP/s = {achieved / reference:.2f} "
+          f"of the fp32 rate of 2048^3 products ({reference:.0f} GFLOP/s)")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
+        print(f"  {e.key[:60]:60s} {e.self_cpu_time_total / total:6.1%}  {e.count:6d} calls")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""How fast this machine multiplies matrices: the reference for model FLOPs utilisation (benchmarks) and the
+figure `demo` prints first, so that its time can be compared between machines."""
+
+from __future__ import annotations
+
+import time
+
+
+def matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """The CPU's matrix-product rate in GFLOP/s (fp32 unless `dtype` says) with `threads` threads (None: torch's
+    current number): the best of three timings of `repeats` n x n products (2 n^3 FLOPs each)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
+    for _ in range(3):
+        a @ b  # warm-up: thread pool, caches, the library's kernel choice
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best / 1e9
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16 units: Xeon Sapphire Rapids and
+    later, AMD Zen 4 and later), the only CPUs where bf16 mixed precision is faster rather than emulated. Asks
+    torch's own CPU checks (private, present since torch 2.3); False where they are missing."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check is not None and check() for check in checks)
