@@ -2,7 +2,7 @@
 process, on the throughput benchmark's set-up (MiniLM + LoRA, 2,048 Rotten Tomatoes reviews, one epoch, the full
 test split, the Trainer pipeline of `bench.py`):
 
-    python benchmarks/levers.py                      # about 8 minutes on 2 cores
+    python benchmarks/levers.py                      # about 15 minutes on 2 cores
 
 Cases: the default (batch 16, fp32); batch 32 and 64; torch.compile (the Trainer's torch_compile); bf16 autocast
 (`--precision bf16`: training through the Trainer's bf16, and here evaluation under torch.autocast too, which the

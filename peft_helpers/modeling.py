@@ -129,15 +129,18 @@ def load_model(
 
 def set_model_dropout(model: torch.nn.Module, p: float | None) -> None:
     """Set every dropout of the pretrained model to `p` (None: leave the model's own). Call it before the adapter
-    is added, so the adapter's own dropout keeps its setting. Covers nn.Dropout modules (BERT, GPT-2, also their
-    attention dropout, read from the module) and the float `attention_dropout` that Llama-style attention reads."""
+    is added, so the adapter's own dropout keeps its setting. Covers nn.Dropout modules (BERT, GPT-2; BERT's
+    attention dropout in transformers 5) and the dropout probabilities attention modules keep as plain floats and
+    hand to their attention kernel: Llama-style `attention_dropout`, BERT's `dropout_prob` in transformers 4.x."""
     if p is None:
         return
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = p
-        elif isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = p
+            continue
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, p)
 
 
 def quantization_kwargs() -> dict:
