@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from peft_helpers.config import EVAL_BATCH_FACTOR  # noqa: E402
 from peft_helpers.hardware import matmul_gflops  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes"
@@ -72,7 +73,7 @@ def case_pipeline(args) -> dict:
     counts = _token_counter(model)
     trained = train(model, tokenizer, data, cfg, prepare_checkpoints(cfg, fresh=True))
     train_counts = dict(counts)
-    result = evaluate(model, tokenizer, data["test"], cfg.batch_size)
+    result = evaluate(model, tokenizer, data["test"], cfg.eval_batch_size)
     validation = sum(r.get("eval_runtime", 0) for r in trained.log_history)
     return {
         "train_seconds": trained.seconds - validation, "train_examples": len(data["train"]) * cfg.epochs,
@@ -124,7 +125,8 @@ def case_bare(args) -> dict:
     lengths = np.array(test["length"])
     order = np.argsort(-lengths, kind="stable")
     rows = test.select_columns(["input_ids", "attention_mask"])
-    eval_batches = [collator([rows[int(i)] for i in order[s : s + cfg.batch_size]]) for s in range(0, len(order), cfg.batch_size)]
+    size = cfg.eval_batch_size  # the pipeline's evaluation batches
+    eval_batches = [collator([rows[int(i)] for i in order[s : s + size]]) for s in range(0, len(order), size)]
     start = time.perf_counter()
     with torch.inference_mode():
         logits = torch.cat([model(**b).logits for b in eval_batches])
@@ -258,7 +260,8 @@ def report(args, results: dict, command: str) -> str:
         f"Hardware: {hardware()}; {args.threads} torch threads  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "  ",
         f"Model `{args.model}` + LoRA (tuned defaults), Rotten Tomatoes train subset {p['train_examples']:,}, "
-        f"test {p['eval_examples']:,}, batch size {args.batch_size}, max_length {args.max_length}, one epoch, CPU fp32.", "",
+        f"test {p['eval_examples']:,}, batch size {args.batch_size} (evaluation: {EVAL_BATCH_FACTOR * args.batch_size}, the package's "
+        f"default; the common recipe evaluates in batches of {args.batch_size}), max_length {args.max_length}, one epoch, CPU fp32.", "",
         "| case | train examples/s | train real tokens/s | eval examples/s | eval real tokens/s | "
         "train padding efficiency | eval padding efficiency | accuracy | peak RSS MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

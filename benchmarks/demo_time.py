@@ -55,6 +55,16 @@ def demo_flops(data_dir: str, epochs: float, validation_passes: int) -> dict:
     return {"train_flops": train, "eval_flops": evaluation, "tokens": tokens, **per_token}
 
 
+def estimate(matmul_flops: float, seconds: float, rate_gflops: float, target_gflops: float) -> dict:
+    """The demo's time on a machine of `target_gflops` from one run here of `seconds` at `rate_gflops`: the matrix
+    products take matmul_flops / rate here, the rest of the time is everything else (see the module's docstring)."""
+    matmul_here = matmul_flops / (rate_gflops * 1e9)
+    other = seconds - matmul_here
+    return {"matmul_seconds_here": matmul_here, "other_seconds_here": other,
+            "estimate_low_seconds": matmul_flops / (target_gflops * 1e9) + other,
+            "estimate_high_seconds": seconds * rate_gflops / target_gflops}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "rotten_tomatoes"))
@@ -79,10 +89,9 @@ def main() -> None:
     validation_passes = sum(1 for point in record["learning_curve"] if "eval_accuracy" in point)
     flops = demo_flops(args.data_dir, epochs, validation_passes)
     total = flops["train_flops"] + flops["eval_flops"]
-    matmul_here = total / (rate * 1e9)
-    other = demo_seconds - matmul_here
-    low = total / (args.target_gflops * 1e9) + other
-    high = demo_seconds * rate / args.target_gflops
+    times = estimate(total, demo_seconds, rate, args.target_gflops)
+    matmul_here, other = times["matmul_seconds_here"], times["other_seconds_here"]
+    low, high = times["estimate_low_seconds"], times["estimate_high_seconds"]
     out = {
         "matmul_gflops": rate, "demo_seconds": demo_seconds, "process_seconds": round(wall, 1),
         "accuracy_before": record["baseline"]["accuracy"], "accuracy_after": record["finetuned"]["accuracy"],

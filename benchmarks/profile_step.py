@@ -4,6 +4,8 @@ benchmark's set-up (bench.py: tuned LoRA, batch 16, length-grouped real batches 
     python benchmarks/profile_step.py                        # dropout as the model has it (0.1 everywhere)
     python benchmarks/profile_step.py --no-dropout           # --model-dropout 0 --dropout 0
     python benchmarks/profile_step.py --no-dropout --compile # torch.compile(dynamic=True): compile time, steady rate
+    python benchmarks/profile_step.py --no-dropout --matmul-precision medium [--attention eager]
+        # fp32 products through oneDNN in bf16 (torch.set_float32_matmul_precision; AMX/AVX512-BF16 CPUs only)
 
 A bare loop (forward, backward, AdamW step) over the batches: 5 warm-up steps (with --compile: the first 10, which
 include compiling), then examples/s over the next 40, then torch.profiler over 20 more, printing the operators that
@@ -25,11 +27,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm", help="what bench.py measures; the tests pass a tiny GPT-2")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "rotten_tomatoes"))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-dropout", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default="highest",
+                        help="torch.set_float32_matmul_precision for the profiled steps (the reference rate stays "
+                             "fp32: it is measured at 'highest')")
+    parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
     args = parser.parse_args()
 
@@ -43,10 +50,11 @@ def main() -> None:
     from peft_helpers.training import SeededLengthGroupedSampler
 
     torch.set_num_threads(args.threads)
-    setup = argparse.Namespace(model="minilm", data_dir=args.data_dir, train_size=2048, eval_size=None,
+    setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=2048, eval_size=None,
                                batch_size=args.batch_size, max_length=128, case="profile")
     settings = {"model_dropout": 0.0, "dropout": 0.0} if args.no_dropout else {}
     cfg, model, tokenizer, data = _setup(setup, **settings)
+    model.get_base_model().config._attn_implementation = args.attention
     collator = DataCollatorWithPadding(tokenizer)
     rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
     order = list(SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed))
@@ -55,6 +63,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     forward = torch.compile(model, dynamic=True) if args.compile else model
     model.train()
+    torch.set_float32_matmul_precision(args.matmul_precision)
 
     def step(batch):
         forward(**batch).loss.backward()
@@ -84,9 +93,13 @@ def main() -> None:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    torch.set_float32_matmul_precision("highest")
     reference = matmul_gflops(args.threads)
     achieved = flops / (matmul / 1e6) / 1e9  # self times are in microseconds
-    print(f"dropout {'off' if args.no_dropout else 'on (0.1)'}{', compiled' if args.compile else ''}: first {warm} "
+    variant = "".join([", compiled" if args.compile else "",
+                       f", fp32 matmul precision {args.matmul_precision}" if args.matmul_precision != "highest" else "",
+                       ", eager attention" if args.attention == "eager" else ""])
+    print(f"dropout {'off' if args.no_dropout else 'on (0.1)'}{variant}: first {warm} "
           f"steps {warm_seconds:.1f} s, then {rate:.1f} training examples/s; matrix products (mm, addmm, bmm) "
           f"{matmul / total:.1%} of the profiled time, running at {achieved:.0f} GFLOP/s = {achieved / reference:.2f} "
           f"of the fp32 rate of 2048^3 products ({reference:.0f} GFLOP/s)")

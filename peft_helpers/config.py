@@ -72,7 +72,13 @@ class RunConfig:
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate; None = tuned for the architecture (5e-4 for GPT-2)."}
     )
-    batch_size: int = field(default=16, metadata={"help": "Per-device batch size for training and evaluation."})
+    batch_size: int = field(default=16, metadata={"help": "Per-device batch size for training."})
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Per-device batch size for evaluation (the Trainer's validation and every test evaluation); "
+                          "None = 4 x batch_size. Evaluation keeps no activations for a backward pass, so larger "
+                          "batches fit, and they run the matrix products faster (BENCHMARKS.md, \"Levers\")."},
+    )
     max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
     warmup: float = field(default=0.06, metadata={"help": "Linear warm-up, as a ratio of all steps."})
     seed: int = field(default=42, metadata={"help": "Seed for subsets, head initialisation, LoRA and shuffling."})
@@ -152,6 +158,9 @@ class RunConfig:
             ("epochs", self.epochs is None or self.epochs > 0, "a positive number"),
             ("learning_rate", self.learning_rate is None or 0 < self.learning_rate < 1, "a number between 0 and 1, e.g. 5e-4"),
             ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "a whole number >= 1"),
+            ("eval_batch_size", self.eval_batch_size is None or (isinstance(self.eval_batch_size, int)
+                                                                 and self.eval_batch_size >= 1),
+             "a whole number >= 1, or None for 4 x batch_size"),
             ("max_length", isinstance(self.max_length, int) and self.max_length >= 2, "a whole number >= 2"),
             ("warmup", 0 <= self.warmup < 1, "a ratio in [0, 1)"),
             ("save_steps", isinstance(self.save_steps, int) and self.save_steps >= 1, "a whole number >= 1"),
@@ -228,11 +237,12 @@ class RunConfig:
         if self.r is not None and self.alpha is None:
             options["alpha"] = 2 * self.r  # keep the scale alpha / r = 2 when only r is given
         tuned = {"epochs": family["epochs"], "learning_rate": min(0.5, family["learning_rate"] * spec.lr_scale),
+                 "eval_batch_size": EVAL_BATCH_FACTOR * self.batch_size,
                  **{k: options[k] for k in spec.options}}
         return replace(self, **{k: v for k, v in tuned.items() if getattr(self, k) is None})
 
     def is_resolved(self) -> bool:
-        needed = ["epochs", "learning_rate",
+        needed = ["epochs", "learning_rate", "eval_batch_size",
                   *(k for k in get_method(self.method).options if k not in ("target_modules", "layers"))]
         return all(getattr(self, k) is not None for k in needed)
 
@@ -245,8 +255,16 @@ class RunConfig:
 
     def run_identity(self) -> dict:
         """The settings that define what a training run computes: a checkpoint may only be resumed by a run
-        with the same ones (where checkpoints and the adapter go does not matter)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "checkpoint_dir", "save_steps")}
+        with the same ones (where checkpoints and the adapter go, and how many texts evaluation batches, do not
+        matter)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in ("output_dir", "checkpoint_dir", "save_steps", "eval_batch_size")}
+
+
+# eval_batch_size left at None is this many times batch_size: a forward pass without the activations a backward pass
+# keeps needs a fraction of a training step's memory, and MiniLM on a CPU evaluates 1.3x more examples/s at 64 than
+# at 16 (BENCHMARKS.md, "Levers").
+EVAL_BATCH_FACTOR = 4
 
 
 # Training-log backends the Trainer can report to, and the module each needs.

@@ -21,9 +21,10 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def batch_size_advice(batch_size: int, what: str):
+def batch_size_advice(batch_size: int, what: str, flag: str = "--batch-size"):
     """Turn running out of memory while `what` runs with `batch_size` into one line that says which batch size to
-    try (the process's memory is released first; checkpoints written so far stay on disk)."""
+    try, and with which option (`flag`); the process's memory is released first, checkpoints written so far stay on
+    disk."""
     try:
         yield
     except (RuntimeError, MemoryError) as err:
@@ -38,6 +39,6 @@ def batch_size_advice(batch_size: int, what: str):
             torch.cuda.empty_cache()
         smaller = max(1, batch_size // 2)
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        advice = (f"try --batch-size {smaller} (halve it until it fits)" if batch_size > 1 else
+        advice = (f"try {flag} {smaller} (halve it until it fits)" if batch_size > 1 else
                   "batch size 1 does not fit either: lower --max-length, or use a smaller model or a larger device")
         raise UserError(f"{what} with batch size {batch_size} ran out of memory ({detail}): {advice}.") from None

@@ -46,9 +46,10 @@ def without_autocast(model):
 
 
 @torch.inference_mode()
-def predict_logits(model, tokenizer, dataset: Dataset, batch_size: int = 32, desc: str = "Predicting") -> np.ndarray:
+def predict_logits(model, tokenizer, dataset: Dataset, batch_size: int = 32, desc: str = "Predicting",
+                   batch_size_flag: str = "--batch-size") -> np.ndarray:
     """Logits for every row, computed on length-sorted batches (almost no padding) and returned in the
-    dataset's original order."""
+    dataset's original order. Running out of memory ends in one line naming `batch_size_flag` with a smaller value."""
     if len(dataset) == 0:
         raise UserError("cannot evaluate an empty dataset.")
     lengths = np.array(dataset["length"]) if "length" in dataset.column_names else np.array(
@@ -63,7 +64,7 @@ def predict_logits(model, tokenizer, dataset: Dataset, batch_size: int = 32, des
     was_training = model.training
     model.eval()
     chunks = []
-    with batch_size_advice(batch_size, "evaluation"):
+    with batch_size_advice(batch_size, "evaluation", batch_size_flag):
         for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
             columns = rows[start : start + batch_size]
             batch = collator([dict(zip(columns, values)) for values in zip(*columns.values())])
@@ -76,10 +77,12 @@ def predict_logits(model, tokenizer, dataset: Dataset, batch_size: int = 32, des
     return logits
 
 
-def evaluate(model, tokenizer, dataset: Dataset, batch_size: int = 32, desc: str = "Evaluating") -> EvalResult:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix of `model` on a tokenized split."""
+def evaluate(model, tokenizer, dataset: Dataset, batch_size: int = 32, desc: str = "Evaluating",
+             batch_size_flag: str = "--eval-batch-size") -> EvalResult:
+    """Accuracy, macro precision/recall/F1 and the confusion matrix of `model` on a tokenized split (a run's
+    evaluations: on running out of memory, the advice names `--eval-batch-size`)."""
     start = time.perf_counter()
-    logits = predict_logits(model, tokenizer, dataset, batch_size, desc)
+    logits = predict_logits(model, tokenizer, dataset, batch_size, desc, batch_size_flag)
     seconds = time.perf_counter() - start
     labels = np.array(dataset["label"])
     predictions = logits.argmax(-1)

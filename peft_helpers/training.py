@@ -145,6 +145,12 @@ class LengthGroupedTrainer(Trainer):
         lengths = eval_dataset[column] if column in eval_dataset.column_names else [len(i) for i in eval_dataset["input_ids"]]
         return np.argsort(-np.asarray(lengths), kind="stable").tolist()
 
+    def evaluate(self, *args, **kwargs):
+        # Validation runs in batches of per_device_eval_batch_size (4x the training batch unless set): running out
+        # of memory there names --eval-batch-size, not the training batch that train()'s advice names.
+        with batch_size_advice(self.args.per_device_eval_batch_size, "validation", "--eval-batch-size"):
+            return super().evaluate(*args, **kwargs)
+
     def _load_rng_state(self, checkpoint):
         with rng_state_loading():  # transformers < 4.51 with torch >= 2.6 (compat.py)
             return super()._load_rng_state(checkpoint)
@@ -212,7 +218,7 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
         warmup_steps=warmup_steps(cfg, train_examples),
         weight_decay=0.01,
         per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
         length_column_name="length",  # LengthGroupedTrainer's sampler reads the lengths tokenize() stored
         **best_model_arguments(cfg),
         save_strategy="steps",

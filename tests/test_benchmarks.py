@@ -2,8 +2,12 @@
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT, make_tiny_bert
 
@@ -68,3 +72,28 @@ def test_flop_counts_and_matmul_rate_on_a_tiny_model(tiny_gpt2, rt_dir, tmp_path
     # gradients, so somewhat less
     assert 1.5 < counts["train_flops_per_token"] / counts["eval_flops_per_token"] < 3.5
     assert counts["matmul_gflops"] > 0
+
+
+def test_demo_time_estimate_splits_the_matrix_products_from_the_rest():
+    demo_time = _load("demo_time")
+    # 5 TFLOP of products at 100 GFLOP/s: 50 s of a 180 s demo here, 130 s of everything else
+    times = demo_time.estimate(matmul_flops=5e12, seconds=180, rate_gflops=100, target_gflops=50)
+    assert times == pytest.approx({"matmul_seconds_here": 50, "other_seconds_here": 130,
+                                   "estimate_low_seconds": 100 + 130,  # only the products at half the rate
+                                   "estimate_high_seconds": 360})  # everything at half the rate
+
+
+def test_profile_step_reports_rate_matrix_product_share_and_top_operators(tiny_gpt2, rt_dir):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--model", str(tiny_gpt2),
+                           "--data-dir", str(rt_dir), "--threads", "1", "--no-dropout", "--rows", "5"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("dropout off"))
+    found = re.search(r"then ([\d.]+) training examples/s; matrix products \(mm, addmm, bmm\) ([\d.]+)% of the "
+                      r"profiled time, running at (\d+) GFLOP/s = ([\d.]+) of the fp32 rate", lines[header])
+    assert found, lines[header]
+    assert float(found[1]) > 0 and 0 < float(found[2]) < 100 and float(found[3]) > 0
+    rows = lines[header + 1:header + 6]
+    assert len(rows) == 5 and all(re.search(r"\d+\.\d%\s+\d+ calls$", row) for row in rows), rows
+    assert any("aten::addmm" in row or "aten::mm" in row for row in rows)

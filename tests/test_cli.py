@@ -31,6 +31,7 @@ def test_cli_run_end_to_end_writes_results_and_a_stock_loadable_adapter(tiny_gpt
         assert sum(map(sum, data[which]["confusion_matrix"])) == 32
     assert 0 < data["trainable_params"] < data["total_params"] and data["train_seconds"] > 0
     assert data["reload_max_logit_diff"] <= 1e-5
+    assert data["training_arguments"]["per_device_eval_batch_size"] == 32  # 4 x --batch-size, the default
     curve = data["learning_curve"]  # 64 examples / batch 8 = 8 steps, 1 epoch (GPT-2 default)
     assert [r["step"] for r in curve if "loss" in r] == list(range(1, 9))  # 5% of 8 steps rounds up to 1
     assert [(r["step"], r["epoch"]) for r in curve if "eval_accuracy" in r] == [(8, 1.0)]
@@ -249,3 +250,38 @@ def test_hub_unreachable_through_the_real_http_client(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_eval_batch_size_changes_the_evaluation_batches_not_the_results(tiny_gpt2, rt_dir, tmp_path, monkeypatch):
+    """--eval-batch-size reaches the Trainer's validation and every test evaluation of a run; the metrics, the
+    learning curve and the trained adapter are those of a run with the default evaluation batch."""
+    from safetensors.torch import load_file
+
+    from peft_helpers import workflow
+
+    sizes = []
+
+    def recording_evaluate(model, tokenizer, dataset, batch_size, *args, **kwargs):
+        sizes.append(batch_size)
+        return evaluate(model, tokenizer, dataset, batch_size, *args, **kwargs)
+
+    evaluate = workflow.evaluate
+    monkeypatch.setattr(workflow, "evaluate", recording_evaluate)
+    runs = {}
+    for name, extra in (("default", []), ("three", ["--eval-batch-size", "3"])):
+        out = tmp_path / name
+        assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size",
+                     "16", "--batch-size", "8", "--output-dir", str(out), "--checkpoint-dir", str(tmp_path / "runs"),
+                     *extra]) == 0
+        runs[name] = json.loads((out / "results.json").read_text()), load_file(str(out / "adapter_model.safetensors"))
+    assert sizes == [32] * 3 + [3] * 3  # pretrained, fine-tuned in memory, reloaded
+    (default, default_weights), (three, three_weights) = runs["default"], runs["three"]
+    assert [r["training_arguments"]["per_device_eval_batch_size"] for r in (default, three)] == [32, 3]
+    for which in ("baseline", "finetuned"):
+        assert three[which]["confusion_matrix"] == default[which]["confusion_matrix"]
+        assert three[which]["accuracy"] == pytest.approx(default[which]["accuracy"])
+    validation = [[round(r["eval_accuracy"], 6) for r in run["learning_curve"] if "eval_accuracy" in r]
+                  for run in (default, three)]
+    assert validation[0] == validation[1] and validation[0]
+    for key in default_weights:
+        torch.testing.assert_close(three_weights[key], default_weights[key], atol=0, rtol=0)

@@ -24,6 +24,7 @@ def test_defaults_and_derived_folders():
         ({"epochs": 0}, "epochs=0"),
         ({"learning_rate": 2}, "learning_rate=2"),
         ({"batch_size": 0}, "batch_size=0"),
+        ({"eval_batch_size": 0}, "eval_batch_size=0"),
         ({"max_length": 1}, "max_length=1"),
         ({"r": 0}, "r=0"),
         ({"dropout": 1.0}, "dropout=1.0"),
@@ -53,3 +54,14 @@ def test_family_defaults_fill_only_unset_settings():
     assert RunConfig(target_modules=["q_proj"]).resolved("llama").target_modules == ["q_proj"]
     unknown = RunConfig().resolved("some_new_architecture")
     assert (unknown.epochs, unknown.r, unknown.target_modules) == (1.0, 8, None)
+
+
+def test_evaluation_batch_is_four_training_batches_unless_set_and_not_part_of_a_runs_identity():
+    from peft_helpers.config import EVAL_BATCH_FACTOR
+
+    assert RunConfig(batch_size=8).resolved("bert").eval_batch_size == EVAL_BATCH_FACTOR * 8 == 32
+    assert RunConfig(batch_size=8, eval_batch_size=5).resolved("bert").eval_batch_size == 5
+    assert not RunConfig(epochs=1, learning_rate=1e-3, r=8, alpha=16, dropout=0.1).is_resolved()  # eval batch unset
+    # a checkpoint may be resumed with another evaluation batch: it does not change what training computes
+    assert RunConfig(eval_batch_size=4).run_identity() == RunConfig(eval_batch_size=64).run_identity()
+    assert RunConfig(batch_size=4).run_identity() != RunConfig(batch_size=8).run_identity()

@@ -148,6 +148,48 @@ def test_a_batch_that_does_not_fit_in_memory_says_which_batch_size_to_try(tiny_g
     assert not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux") or torch.cuda.is_available(),
+                    reason="caps RLIMIT_AS (Linux), which CUDA's address-space reservation would exceed")
+def test_a_validation_batch_that_does_not_fit_in_memory_names_eval_batch_size(tiny_gpt2, tmp_path):
+    """Training fits (batch 4 of short texts), the Trainer's validation does not (one batch of 2,048 texts of 256
+    tokens): the one line names --eval-batch-size, not the training batch."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    words = "good bad film great dull plot actor scene story boring moving funny".split()
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, rows, length in (("train", 32, 8), ("validation", 2048, 300), ("test", 16, 8)):
+        with open(data / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows((" ".join(rng.choice(words) for _ in range(length)), i % 2) for i in range(rows))
+    proc = subprocess.run(
+        [sys.executable, "-c", LIMITED_MEMORY_RUN, "run", "--model", str(tiny_gpt2), "--data-dir", str(data),
+         "--batch-size", "4", "--eval-batch-size", "4096", "--max-length", "256", "--epochs", "1",
+         "--output-dir", str(tmp_path / "adapter")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    errors = [line.split("\r")[-1].split("error: ", 1)[-1] for line in proc.stderr.splitlines() if "error: " in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("validation with batch size 4096 ran out of memory"), errors
+    assert "try --eval-batch-size 2048" in errors[0]
+    assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize("what, flag", [("training", "--batch-size"), ("evaluation", "--eval-batch-size")],
+                         ids=["training", "evaluation"])
+def test_running_out_of_memory_names_the_option_that_sets_that_batch(what, flag):
+    """Training batches are --batch-size, a run's evaluation batches --eval-batch-size (4x larger by default): the
+    advice names the one that ran out (the end-to-end case is the test above)."""
+    from peft_helpers.errors import batch_size_advice
+
+    with pytest.raises(UserError, match=f"^{what} with batch size 64 ran out of memory \\(CUDA out of memory. Tried "
+                                        f"to allocate 2.00 GiB\\): try {flag} 32 \\(halve it until it fits\\)"):
+        with batch_size_advice(64, what, flag):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="breaks the CPU's C++ compiler; CUDA code needs none")
 def test_compile_that_cannot_work_here_falls_back_with_one_warning(tiny_gpt2, rt_dir, tmp_path):
     """--compile where torch.compile fails (here: inductor finds no C++ compiler, as on a Windows machine without
