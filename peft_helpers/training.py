@@ -129,10 +129,7 @@ class LengthGroupedTrainer(Trainer):
         # Grouped by the global batch: with N processes, accelerate deals out consecutive per-process batches of
         # this order, so each optimizer step sees the examples a single process with an N times larger batch sees.
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        column = self.args.length_column_name
-        # Trainer has already dropped columns the model does not take (such as `length`) at this point.
-        lengths = dataset[column] if column in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
-        return SeededLengthGroupedSampler(batch, list(lengths), self.args.data_seed,
+        return SeededLengthGroupedSampler(batch, self._lengths(dataset), self.args.data_seed,
                                           current_epoch=lambda: int(self.state.epoch or 0))
 
     def _get_eval_sampler(self, eval_dataset):
@@ -141,9 +138,13 @@ class LengthGroupedTrainer(Trainer):
         # loss do not depend on the order in which the examples are scored.
         if eval_dataset is None or not has_length(eval_dataset):
             return super()._get_eval_sampler(eval_dataset)
+        return np.argsort(-np.asarray(self._lengths(eval_dataset)), kind="stable").tolist()
+
+    def _lengths(self, dataset) -> list[int]:
+        """Token counts per row: the length column tokenize() stored, or counted where the Trainer has already
+        dropped it (it drops the columns the model does not take)."""
         column = self.args.length_column_name
-        lengths = eval_dataset[column] if column in eval_dataset.column_names else [len(i) for i in eval_dataset["input_ids"]]
-        return np.argsort(-np.asarray(lengths), kind="stable").tolist()
+        return list(dataset[column]) if column in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
 
     def evaluate(self, *args, **kwargs):
         # Validation runs in batches of per_device_eval_batch_size (4x the training batch unless set): running out

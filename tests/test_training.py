@@ -131,18 +131,23 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def run_with_memory_cap(run_args: list[str], cwd) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`python -m peft_helpers run ...` under LIMITED_MEMORY_RUN; returns the process and its "error: " lines (the
+    error follows the progress bar's carriage return: on a terminal it overwrites the bar, in a pipe it shares the
+    bar's line)."""
+    proc = subprocess.run([sys.executable, "-c", LIMITED_MEMORY_RUN, "run", *run_args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    errors = [line.split("\r")[-1].split("error: ", 1)[-1] for line in proc.stderr.splitlines() if "error: " in line]
+    return proc, errors
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or torch.cuda.is_available(),
                     reason="caps RLIMIT_AS (Linux), which CUDA's address-space reservation would exceed; on a GPU "
                     "benchmarks/gpu_smollm2.py --oom-batch runs out of GPU memory for real")
 def test_a_batch_that_does_not_fit_in_memory_says_which_batch_size_to_try(tiny_gpt2, rt_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", LIMITED_MEMORY_RUN, "run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir),
-         "--train-size", "4096", "--eval-size", "64", "--batch-size", "4096", "--epochs", "1",
-         "--output-dir", str(tmp_path / "adapter")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    # the error follows the progress bar's carriage return: on a terminal it overwrites the bar, in a pipe it
-    # shares the bar's line
-    errors = [line.split("\r")[-1].split("error: ", 1)[-1] for line in proc.stderr.splitlines() if "error: " in line]
+    proc, errors = run_with_memory_cap(
+        ["--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "4096", "--eval-size", "64",
+         "--batch-size", "4096", "--epochs", "1", "--output-dir", str(tmp_path / "adapter")], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(errors) == 1 and "ran out of memory" in errors[0] and "try --batch-size 2048" in errors[0], errors
     assert not (tmp_path / "adapter").exists()
@@ -165,12 +170,9 @@ def test_a_validation_batch_that_does_not_fit_in_memory_names_eval_batch_size(ti
             writer = csv.writer(f)
             writer.writerow(["text", "label"])
             writer.writerows((" ".join(rng.choice(words) for _ in range(length)), i % 2) for i in range(rows))
-    proc = subprocess.run(
-        [sys.executable, "-c", LIMITED_MEMORY_RUN, "run", "--model", str(tiny_gpt2), "--data-dir", str(data),
-         "--batch-size", "4", "--eval-batch-size", "4096", "--max-length", "256", "--epochs", "1",
-         "--output-dir", str(tmp_path / "adapter")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    errors = [line.split("\r")[-1].split("error: ", 1)[-1] for line in proc.stderr.splitlines() if "error: " in line]
+    proc, errors = run_with_memory_cap(
+        ["--model", str(tiny_gpt2), "--data-dir", str(data), "--batch-size", "4", "--eval-batch-size", "4096",
+         "--max-length", "256", "--epochs", "1", "--output-dir", str(tmp_path / "adapter")], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(errors) == 1 and errors[0].startswith("validation with batch size 4096 ran out of memory"), errors
     assert "try --eval-batch-size 2048" in errors[0]
