@@ -5,11 +5,11 @@ test split, the Trainer pipeline of `bench.py`):
     python benchmarks/levers.py                      # about 15 minutes on 2 cores
 
 Cases: the default (batch 16, fp32); batch 32 and 64; torch.compile (the Trainer's torch_compile); bf16 autocast
-(`--precision bf16`: training through the Trainer's bf16, and here evaluation under torch.autocast too, which the
-package does not do; only worth it, and only allowed, where the CPU has bf16 matrix units, AMX or AVX512-BF16);
+(`--precision bf16`: training through the Trainer's bf16, and here evaluation in bf16 too, `--eval-precision bf16`;
+only worth it, and only allowed, where the CPU has bf16 matrix units, AMX or AVX512-BF16);
 one inter-op thread; eager attention instead of SDPA in evaluation; the pretrained model's dropout off
 (`--model-dropout 0`), and every dropout off (also `--dropout 0`, the adapter's), alone, with batch 32 and with
-bf16; evaluation in batches of 64 (training unchanged).
+bf16; evaluation in batches of 64 (training unchanged), in fp32 and under bf16 autocast.
 Utilisation = FLOPs per processed token (FlopCounterMode, as in bench.py) x processed tokens / seconds / the
 machine's matrix-product rate measured in the same run (fp32, and bf16 for the bf16 case).
 """
@@ -40,12 +40,11 @@ CASES = {
     "no dropout, batch 32": {"batch_size": 32, "settings": {"model_dropout": 0.0, "dropout": 0.0}},
     "no dropout, bf16": {"bf16": True, "settings": {"model_dropout": 0.0, "dropout": 0.0, "precision": "bf16"}},
     "evaluation batch 64": {"eval_batch_size": 64},
+    "bf16 autocast, evaluation batch 64": {"bf16": True, "eval_batch_size": 64, "settings": {"precision": "bf16"}},
 }
 
 
 def run_case(name: str, args) -> dict:
-    import contextlib
-
     import torch
     from bench import _setup, _token_counter
 
@@ -69,10 +68,9 @@ def run_case(name: str, args) -> dict:
     trained = train(model, tokenizer, data, cfg, prepare_checkpoints(cfg, fresh=True))
     validation = sum(r.get("eval_runtime", 0) for r in trained.log_history)
     train_tokens = counts["train_total"]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if lever.get("bf16") else contextlib.nullcontext()
     before = counts["eval_total"]
-    with autocast:
-        result = evaluate(model, tokenizer, data["test"], lever.get("eval_batch_size", cfg.batch_size))
+    result = evaluate(model, tokenizer, data["test"], lever.get("eval_batch_size", cfg.batch_size),
+                      precision="bf16" if lever.get("bf16") else "fp32")
     return {"train_seconds": trained.seconds - validation, "train_examples": len(data["train"]),
             "train_tokens": train_tokens, "eval_seconds": result.seconds, "eval_examples": len(data["test"]),
             "eval_tokens": counts["eval_total"] - before, "accuracy": result.metrics["accuracy"]}

@@ -49,7 +49,8 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
 
 
 def random_head(p: Prepared) -> dict:
-    result = evaluate(p.model, p.tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="random_head")
+    result = evaluate(p.model, p.tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="random_head",
+                      precision=p.cfg.eval_precision)
     return {"finetuned": result.metrics, "trainable_params": 0, "total_params": count_parameters(p.model).total,
             "adapter_mib": 0.0, "train_seconds": 0.0, "train_samples_per_second": 0.0}
 
@@ -63,7 +64,8 @@ def _trained(p: Prepared, trainable: list[torch.nn.Parameter], kind: str) -> dic
     cfg = type(p.cfg)(**{**p.cfg.to_dict(), "learning_rate": min(0.5, p.cfg.learning_rate * LR_SCALE[kind])})
     trained = train(p.model, p.tokenizer, p.encoded, cfg)
     remove_checkpoints(cfg)
-    result = evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.eval_batch_size, desc=kind)
+    result = evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.eval_batch_size, desc=kind,
+                      precision=cfg.eval_precision)
     count = sum(param.numel() for param in trainable)
     return {"finetuned": result.metrics, "trainable_params": count, "total_params": count_parameters(p.model).total,
             "adapter_mib": count * 4 / 2**20,  # what would have to be saved, fp32

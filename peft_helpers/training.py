@@ -23,6 +23,7 @@ from .compat import optimizer_state_loading, rng_state_loading
 from .config import RunConfig, log_dir
 from .distributed import is_main
 from .errors import UserError, batch_size_advice
+from .evaluation import eval_autocast
 from .metrics import compute_metrics
 from .modeling import default_device, freeze_adalora_ranknum
 
@@ -111,9 +112,23 @@ class LengthGroupedTrainer(Trainer):
     The notebook and the command line both train with it. `class_weights` (optional) weights the cross-entropy
     per class, for imbalanced data."""
 
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, eval_precision: str = "fp32", **kwargs):
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
+        self.eval_precision = eval_precision  # validation's, as the run's test evaluations (RunConfig.eval_precision)
+        self._flops_per_token: int | None = None
+
+    def floating_point_ops(self, inputs) -> int:
+        # The Trainer adds this estimate (6 x tokens x parameters without embeddings) to state.total_flos after every
+        # step, and the stock method counts the parameters again each time by walking every module: 1.3 ms a step
+        # for MiniLM, about 1% of the demo's time. The count does not change while training, so the first step's
+        # is kept; the value is the stock one (transformers 4.x and 5.x compute the same formula).
+        tokens = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
+        if tokens is None or tokens.numel() == 0:
+            return super().floating_point_ops(inputs)
+        if self._flops_per_token is None:
+            self._flops_per_token = int(super().floating_point_ops(inputs)) // tokens.numel()
+        return self._flops_per_token * tokens.numel()
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         if self.class_weights is None:
@@ -149,7 +164,8 @@ class LengthGroupedTrainer(Trainer):
     def evaluate(self, *args, **kwargs):
         # Validation runs in batches of per_device_eval_batch_size (4x the training batch unless set): running out
         # of memory there names --eval-batch-size, not the training batch that train()'s advice names.
-        with batch_size_advice(self.args.per_device_eval_batch_size, "validation", "--eval-batch-size"):
+        with batch_size_advice(self.args.per_device_eval_batch_size, "validation", "--eval-batch-size"), \
+                eval_autocast(self.eval_precision, self.args.device.type):
             return super().evaluate(*args, **kwargs)
 
     def _load_rng_state(self, checkpoint):
@@ -201,7 +217,9 @@ def warmup_steps(cfg: RunConfig, train_examples: int) -> int:
 def best_model_arguments(cfg: RunConfig) -> dict:
     """Keep the best adapter by a validation metric: evaluate at every checkpoint (every save_steps, and at each
     epoch end through SaveEachEpoch) and load the best checkpoint when training ends. Without metric_for_best the
-    run evaluates once per epoch and keeps the last adapter."""
+    run evaluates once per epoch and keeps the last adapter; with validation off it never evaluates while training."""
+    if not cfg.validation:  # RunConfig.validate refuses metric_for_best without validation
+        return {"eval_strategy": "no"}
     if cfg.metric_for_best is None:
         return {"eval_strategy": "epoch"}
     return {"eval_strategy": "steps", "eval_steps": cfg.save_steps, "load_best_model_at_end": True,
@@ -273,6 +291,7 @@ def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Length
         compute_metrics=compute_metrics,
         callbacks=[SaveEachEpoch(evaluate=cfg.metric_for_best is not None), *log_callbacks(cfg), *method_callbacks(cfg)],
         class_weights=weights,
+        eval_precision=cfg.eval_precision,
     )
 
 
@@ -356,9 +375,9 @@ def prepare_checkpoints(cfg: RunConfig, resume: bool = False, fresh: bool = Fals
 
 
 def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str | None = None) -> TrainResult:
-    """Train on data['train'], evaluating on data['validation'] after each epoch; checkpoints go to
-    cfg.checkpoint_dir (with run.json, the settings a resume must match). `resume_from` comes from
-    prepare_checkpoints."""
+    """Train on data['train'], evaluating on data['validation'] after each epoch (not with cfg.validation off);
+    checkpoints go to cfg.checkpoint_dir (with run.json, the settings a resume must match). `resume_from` comes
+    from prepare_checkpoints."""
     cfg.require_resolved()
     trainer = build_trainer(model, tokenizer, data, cfg)
     folder = Path(cfg.checkpoint_dir)

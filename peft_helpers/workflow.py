@@ -189,7 +189,8 @@ def save(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, in
 def reload_and_check(adapter_dir: Path, p: Prepared, in_memory: EvalResult) -> tuple[EvalResult, float]:
     """Load the saved adapter from disk as a user would and evaluate it; it must reproduce the trained model."""
     reloaded, reloaded_tokenizer, _ = load_adapter(adapter_dir)
-    finetuned = evaluate(reloaded, reloaded_tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="Evaluating reloaded")
+    finetuned = evaluate(reloaded, reloaded_tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="Evaluating reloaded",
+                         precision=p.cfg.eval_precision)
     return finetuned, check_reload(finetuned, in_memory)
 
 
@@ -272,7 +273,8 @@ def report(results: dict, trained: TrainResult, params: ParameterCount, baseline
 def finish(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, params: ParameterCount,
            overwrite: bool, results_path: str | None) -> dict:
     """After training: evaluate, save, reload and check, write and print the results (the main process's part)."""
-    in_memory = evaluate(peft_model, p.tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="Evaluating fine-tuned")
+    in_memory = evaluate(peft_model, p.tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="Evaluating fine-tuned",
+                         precision=p.cfg.eval_precision)
     adapter_dir = save(p, peft_model, trained, baseline, in_memory, overwrite)
     finetuned, max_diff = reload_and_check(adapter_dir, p, in_memory)
     results = results_dict(p, baseline, finetuned, params, trained, max_diff, adapter_dir)
@@ -311,7 +313,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         describe(p)
 
         baseline = distributed.on_main(lambda: evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.eval_batch_size,
-                                                        desc="Evaluating pretrained"))
+                                                        desc="Evaluating pretrained", precision=cfg.eval_precision))
         print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
 
         peft_model = add_adapter(p)

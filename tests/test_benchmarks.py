@@ -77,10 +77,11 @@ def test_flop_counts_and_matmul_rate_on_a_tiny_model(tiny_gpt2, rt_dir, tmp_path
 def test_demo_time_estimate_splits_the_matrix_products_from_the_rest():
     demo_time = _load("demo_time")
     # 5 TFLOP of products at 100 GFLOP/s: 50 s of a 180 s demo here, 130 s of everything else
-    times = demo_time.estimate(matmul_flops=5e12, seconds=180, rate_gflops=100, target_gflops=50)
+    times = demo_time.estimate(matmul_flops=5e12, seconds=180, rate_gflops=100, target_gflops=50, other_slowdown=1.2)
     assert times == pytest.approx({"matmul_seconds_here": 50, "other_seconds_here": 130,
                                    "estimate_low_seconds": 100 + 130,  # only the products at half the rate
-                                   "estimate_high_seconds": 360})  # everything at half the rate
+                                   "estimate_high_seconds": 360,  # everything at half the rate
+                                   "estimate_seconds": 100 + 156})  # and the rest 1.2x slower
 
 
 def test_profile_step_reports_rate_matrix_product_share_and_top_operators(tiny_gpt2, rt_dir):

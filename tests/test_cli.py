@@ -141,7 +141,9 @@ def test_demo_settings_online_and_offline(rt_dir, monkeypatch):
     assert (online.model, online.data_dir, online.train_size, online.output_dir) == ("gpt2", None, None, DEMO_OUTPUT_DIR)
     offline = demo_config(str(rt_dir), online=False)
     assert (offline.model, offline.data_dir, offline.eval_size) == ("minilm", str(rt_dir), None)
-    assert (offline.epochs, offline.model_dropout, offline.dropout) == (2.0, 0.0, 0.0)  # BENCHMARKS: "The demo's time"
+    # BENCHMARKS: "The demo's time"
+    assert (offline.epochs, offline.model_dropout, offline.dropout, offline.validation) == (2.0, 0.0, 0.0, False)
+    assert online.validation is True
     with pytest.raises(UserError, match="Hub is unreachable and no local data"):
         demo_config(None, online=False)
 
@@ -180,6 +182,11 @@ def test_demo_command_runs_offline(tiny_gpt2, rt_dir, in_tmp, monkeypatch, capsy
     assert re.search(r"Demo finished in \d+ min \d+ s", out.strip().splitlines()[-1])
     results = json.loads((in_tmp / "saved_adapters" / "demo" / "results.json").read_text())
     assert (results["train_size"], results["eval_size"]) == (160, 20)
+    # no validation pass while training: only the training loss on the curve; the three test evaluations remain
+    assert results["training_arguments"]["eval_strategy"] == "no"
+    assert results["learning_curve"] and not any("eval_loss" in point for point in results["learning_curve"])
+    assert "Pretrained accuracy on test" in out and results["finetuned"]["accuracy"] >= 0
+    assert results["reload_max_logit_diff"] <= 1e-4  # the reloaded adapter was evaluated on the test split too
 
 
 def test_tiny_bert_end_to_end_on_a_csv(tmp_path, in_tmp):
@@ -285,3 +292,43 @@ def test_eval_batch_size_changes_the_evaluation_batches_not_the_results(tiny_gpt
     assert validation[0] == validation[1] and validation[0]
     for key in default_weights:
         torch.testing.assert_close(three_weights[key], default_weights[key], atol=0, rtol=0)
+
+
+def test_no_validation_trains_the_same_adapter_without_validation_passes(tiny_gpt2, rt_dir, tmp_path):
+    """--no-validation skips the Trainer's validation after each epoch and changes nothing else in a run without
+    dropout (the demo's): two epochs give bit-identical losses, adapter weights and test results. (With dropout,
+    each validation pass's DataLoader draws a seed from torch's generator, so the later masks differ.)"""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, extra in (("validated", []), ("not", ["--no-validation"])):
+        out = tmp_path / name
+        assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size",
+                     "16", "--batch-size", "8", "--epochs", "2", "--model-dropout", "0", "--dropout", "0",
+                     "--output-dir", str(out), "--checkpoint-dir", str(tmp_path / "runs"), *extra]) == 0
+        runs[name] = json.loads((out / "results.json").read_text()), load_file(str(out / "adapter_model.safetensors"))
+    (validated, validated_weights), (skipped, skipped_weights) = runs["validated"], runs["not"]
+    assert [p["epoch"] for p in validated["learning_curve"] if "eval_accuracy" in p] == [1.0, 2.0]
+    assert not any("eval_loss" in p for p in skipped["learning_curve"])
+    assert [r["training_arguments"]["eval_strategy"] for r in (validated, skipped)] == ["epoch", "no"]
+    assert [p["loss"] for p in skipped["learning_curve"]] == [p["loss"] for p in validated["learning_curve"] if "loss" in p]
+    assert skipped["finetuned"]["confusion_matrix"] == validated["finetuned"]["confusion_matrix"]
+    assert validated_weights.keys() == skipped_weights.keys()
+    for key in validated_weights:
+        torch.testing.assert_close(skipped_weights[key], validated_weights[key], atol=0, rtol=0)
+
+
+def test_bf16_evaluation_end_to_end_passes_the_reload_check(tiny_gpt2, rt_dir, tmp_path):
+    """--eval-precision bf16: the pretrained, fine-tuned and reloaded test passes and the validation run under bf16
+    autocast; the reloaded adapter reproduces the trained one in that precision too."""
+    from peft_helpers.hardware import cpu_has_bf16
+
+    if not torch.cuda.is_available() and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 matrix units (the refusal: test_training.py)")
+    out = tmp_path / "adapter"
+    assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size",
+                 "16", "--batch-size", "8", "--eval-precision", "bf16", "--output-dir", str(out),
+                 "--checkpoint-dir", str(tmp_path / "runs")]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["eval_precision"] == "bf16" and results["reload_max_logit_diff"] <= 1e-4
+    assert any("eval_accuracy" in point for point in results["learning_curve"])

@@ -65,3 +65,10 @@ def test_evaluation_batch_is_four_training_batches_unless_set_and_not_part_of_a_
     # a checkpoint may be resumed with another evaluation batch: it does not change what training computes
     assert RunConfig(eval_batch_size=4).run_identity() == RunConfig(eval_batch_size=64).run_identity()
     assert RunConfig(batch_size=4).run_identity() != RunConfig(batch_size=8).run_identity()
+
+
+def test_watching_validation_is_not_part_of_a_runs_identity():
+    # it does not change what training computes (without dropout, bit for bit: test_cli.py::
+    # test_no_validation_trains_the_same_adapter_without_validation_passes)
+    assert RunConfig().validation is True
+    assert RunConfig(validation=False).run_identity() == RunConfig().run_identity()

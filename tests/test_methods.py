@@ -169,6 +169,8 @@ def _cli_error(capsys, argv) -> str:
                  marks=pytest.mark.skipif(QLORA_PROBLEM is None, reason="this machine has CUDA and bitsandbytes")),
     pytest.param(["--early_stopping_patience", "2"], "needs a metric to watch", id="patience-without-metric"),
     pytest.param(["--metric_for_best", "loss"], "use accuracy or f1", id="unknown-best-metric"),
+    pytest.param(["--metric-for-best", "accuracy", "--no-validation"], "drop --no-validation", id="best-without-validation"),
+    pytest.param(["--eval-precision", "fp16"], "use fp32 or bf16", id="unknown-eval-precision"),
 ])
 def test_method_refusals(extra, expected, tiny_gpt2, rt_dir, in_tmp, capsys):
     err = _cli_error(capsys, ["run", "--model", str(tiny_gpt2), "--data_dir", str(rt_dir), *extra])

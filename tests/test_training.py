@@ -236,6 +236,27 @@ def test_validation_runs_on_length_sorted_batches_with_the_metrics_of_the_stored
     assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_the_trainers_flop_estimate_is_the_stock_one_counted_once(setup, tiny_gpt2, tmp_path):
+    """LengthGroupedTrainer counts the model's parameters once for the FLOPs it adds up after each step
+    (state.total_flos), instead of walking every module each step; the values are the stock Trainer's."""
+    from transformers import Trainer
+
+    from peft_helpers.config import RunConfig
+    from peft_helpers.modeling import create_peft_model
+    from peft_helpers.training import build_trainer
+
+    _, tokenizer, data = setup
+    model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
+    cfg = RunConfig(model="x", batch_size=8, output_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "c"),
+                    seed=0).resolved("gpt2")
+    trainer = build_trainer(create_peft_model(model, cfg), tokenizer, data, cfg)
+    batches = list(trainer.get_train_dataloader())
+    assert len({b["input_ids"].numel() for b in batches}) > 1  # batches of different sizes
+    for batch in batches:
+        stock = Trainer.floating_point_ops(trainer, batch)
+        assert stock > 0 and trainer.floating_point_ops(batch) == stock
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU mixed precision; on a GPU bf16 is the CUDA path")
 def test_cpu_bf16_trains_in_mixed_precision_where_the_cpu_has_bf16_units(tiny_gpt2, rt_dir, tmp_path):
     """--precision bf16 on a CPU with AMX / AVX512-BF16: training under bf16 autocast, evaluation and the reload
@@ -257,13 +278,63 @@ def test_cpu_bf16_trains_in_mixed_precision_where_the_cpu_has_bf16_units(tiny_gp
     assert record["reload_max_logit_diff"] <= 1e-4  # evaluated in fp32, in memory and reloaded alike
 
 
+def needs_bf16_units():
+    from peft_helpers.hardware import cpu_has_bf16
+
+    if not torch.cuda.is_available() and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 matrix units (the refusal is tested below)")
+
+
+def test_bf16_evaluation_runs_the_products_in_bf16_and_returns_float32_logits(setup):
+    needs_bf16_units()
+    model, tokenizer, data = setup
+    fp32 = evaluate(model, tokenizer, data["validation"], batch_size=8)
+    bf16 = evaluate(model, tokenizer, data["validation"], batch_size=8, precision="bf16")
+    assert bf16.logits.dtype == np.float32
+    # GPT-2's score head has no bias: under autocast its output is bf16, so every logit is a bf16 number
+    as_bf16 = torch.from_numpy(bf16.logits).bfloat16().float().numpy()
+    assert np.array_equal(as_bf16, bf16.logits)
+    assert not np.array_equal(torch.from_numpy(fp32.logits).bfloat16().float().numpy(), fp32.logits)
+    np.testing.assert_allclose(bf16.logits, fp32.logits, rtol=0.05, atol=0.05)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)], ids=["fp32", "bf16"])
+def test_the_trainers_validation_runs_in_the_eval_precision(precision, dtype, setup, tiny_gpt2, tmp_path):
+    from peft_helpers.config import RunConfig
+    from peft_helpers.modeling import create_peft_model
+    from peft_helpers.training import build_trainer
+
+    if precision == "bf16":
+        needs_bf16_units()
+    _, tokenizer, data = setup
+    model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
+    cfg = RunConfig(model="x", batch_size=8, output_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "c"),
+                    seed=0, eval_precision=precision).resolved("gpt2")
+    peft_model = create_peft_model(model, cfg)
+    trainer = build_trainer(peft_model, tokenizer, data, cfg)
+    seen = []
+    head = peft_model.base_model.model.score.modules_to_save["default"]
+    handle = head.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    try:
+        metrics = trainer.evaluate()
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {dtype} and 0 <= metrics["eval_accuracy"] <= 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
-def test_cpu_bf16_is_refused_where_the_cpu_has_no_bf16_units(monkeypatch):
+@pytest.mark.parametrize("setting, value, expected", [
+    pytest.param("precision", "bf16", "needs a CUDA GPU or a CPU with bf16 matrix units .*: use auto or fp32 on this",
+                 id="bf16-training"),
+    pytest.param("eval_precision", "bf16", "needs a CUDA GPU or a CPU with bf16 matrix units .*: use fp32 on this",
+                 id="bf16-evaluation"),
+    pytest.param("precision", "fp16", "needs a CUDA GPU: use auto or fp32 on this machine", id="fp16-training"),
+])
+def test_half_precision_is_refused_where_this_machine_has_no_units_for_it(setting, value, expected, monkeypatch):
     from peft_helpers import hardware
     from peft_helpers.config import RunConfig
 
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
-    with pytest.raises(UserError, match="precision=bf16 needs a CUDA GPU or a CPU with bf16 matrix units"):
-        RunConfig(model="x", precision="bf16")
-    with pytest.raises(UserError, match="precision=fp16 needs a CUDA GPU"):
-        RunConfig(model="x", precision="fp16")
+    with pytest.raises(UserError, match=f"^{setting}={value} {expected}"):
+        RunConfig(model="x", **{setting: value})
