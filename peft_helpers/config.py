@@ -285,8 +285,8 @@ class RunConfig:
 
 
 # eval_batch_size left at None is this many times batch_size: a forward pass without the activations a backward pass
-# keeps needs a fraction of a training step's memory, and MiniLM on a CPU evaluates 1.3x more examples/s at 64 than
-# at 16 (BENCHMARKS.md, "Levers").
+# keeps needs a fraction of a training step's memory, and MiniLM on a CPU evaluates 1.16-1.26x more examples/s at 64
+# than at 16 (BENCHMARKS.md, "Levers").
 EVAL_BATCH_FACTOR = 4
 
 
