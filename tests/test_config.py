@@ -67,8 +67,12 @@ def test_evaluation_batch_is_four_training_batches_unless_set_and_not_part_of_a_
     assert RunConfig(batch_size=4).run_identity() != RunConfig(batch_size=8).run_identity()
 
 
-def test_watching_validation_is_not_part_of_a_runs_identity():
-    # it does not change what training computes (without dropout, bit for bit: test_cli.py::
+def test_validation_and_evaluation_precision_are_not_part_of_a_runs_identity(monkeypatch):
+    # neither changes what training computes (--no-validation without dropout, bit for bit: test_cli.py::
     # test_no_validation_trains_the_same_adapter_without_validation_passes)
-    assert RunConfig().validation is True
+    from peft_helpers import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)  # eval_precision bf16 is refused without bf16 units
+    assert (RunConfig().validation, RunConfig().eval_precision) == (True, "fp32")
     assert RunConfig(validation=False).run_identity() == RunConfig().run_identity()
+    assert RunConfig(eval_precision="bf16").run_identity() == RunConfig().run_identity()
