@@ -19,7 +19,6 @@ import torch
 
 from .config import RunConfig
 from .errors import UserError
-from .evaluation import evaluate
 from .metrics import classification_metrics
 from .modeling import count_parameters, default_device, head_name, reads_last_token, resolve_model
 from .training import device_summary, remove_checkpoints, train
@@ -49,8 +48,7 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
 
 
 def random_head(p: Prepared) -> dict:
-    result = evaluate(p.model, p.tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="random_head",
-                      precision=p.cfg.eval_precision)
+    result = p.evaluate_test(p.model, "random_head")
     return {"finetuned": result.metrics, "trainable_params": 0, "total_params": count_parameters(p.model).total,
             "adapter_mib": 0.0, "train_seconds": 0.0, "train_samples_per_second": 0.0}
 
@@ -64,8 +62,7 @@ def _trained(p: Prepared, trainable: list[torch.nn.Parameter], kind: str) -> dic
     cfg = type(p.cfg)(**{**p.cfg.to_dict(), "learning_rate": min(0.5, p.cfg.learning_rate * LR_SCALE[kind])})
     trained = train(p.model, p.tokenizer, p.encoded, cfg)
     remove_checkpoints(cfg)
-    result = evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.eval_batch_size, desc=kind,
-                      precision=cfg.eval_precision)
+    result = p.evaluate_test(p.model, kind)
     count = sum(param.numel() for param in trainable)
     return {"finetuned": result.metrics, "trainable_params": count, "total_params": count_parameters(p.model).total,
             "adapter_mib": count * 4 / 2**20,  # what would have to be saved, fp32

@@ -203,17 +203,17 @@ class RunConfig:
 
             from .hardware import cpu_has_bf16
 
-            for name, instead in (("precision", "auto or fp32"), ("eval_precision", "fp32")):
+            # (setting, what to use instead on this machine, instead on a GPU without bf16)
+            for name, instead, on_gpu in (("precision", "auto or fp32", "fp16 (or auto)"),
+                                          ("eval_precision", "fp32", "fp32")):
                 value = getattr(self, name)
-                if value == "bf16" and not torch.cuda.is_available():
-                    if not cpu_has_bf16():
-                        raise UserError(f"{name}=bf16 needs a CUDA GPU or a CPU with bf16 matrix units (AMX or "
-                                        f"AVX512-BF16), which this one lacks: use {instead} on this machine.")
-                elif value == "fp16" and not torch.cuda.is_available():
+                if value == "fp16" and not torch.cuda.is_available():
                     raise UserError(f"{name}=fp16 needs a CUDA GPU: use {instead} on this machine.")
-                elif value == "bf16" and not torch.cuda.is_bf16_supported():
-                    raise UserError(f"this GPU has no bf16: use {name} " + ("fp16 (or auto)." if name == "precision"
-                                                                          else "fp32."))
+                if value == "bf16" and not torch.cuda.is_available() and not cpu_has_bf16():
+                    raise UserError(f"{name}=bf16 needs a CUDA GPU or a CPU with bf16 matrix units (AMX or "
+                                    f"AVX512-BF16), which this one lacks: use {instead} on this machine.")
+                if value == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+                    raise UserError(f"this GPU has no bf16: use {name} {on_gpu}.")
         if self.metric_for_best not in (None, "accuracy", "f1"):
             raise UserError(f"metric_for_best={self.metric_for_best!r} is invalid: use accuracy or f1.")
         if self.metric_for_best is not None and not self.validation:

@@ -109,6 +109,12 @@ class Prepared:
     tokenizer: PreTrainedTokenizerBase
     label_names: list[str]
 
+    def evaluate_test(self, model, desc: str, tokenizer: PreTrainedTokenizerBase | None = None) -> EvalResult:
+        """`model` on the run's test split, in its evaluation batch size and precision (every test pass of a run
+        and of a baseline goes through here, so they are scored alike)."""
+        return evaluate(model, tokenizer or self.tokenizer, self.encoded["test"], self.cfg.eval_batch_size, desc=desc,
+                        precision=self.cfg.eval_precision)
+
 
 def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     """Resolve the settings (once), load and subset the data, load the model for its labels, tokenize."""
@@ -189,8 +195,7 @@ def save(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, in
 def reload_and_check(adapter_dir: Path, p: Prepared, in_memory: EvalResult) -> tuple[EvalResult, float]:
     """Load the saved adapter from disk as a user would and evaluate it; it must reproduce the trained model."""
     reloaded, reloaded_tokenizer, _ = load_adapter(adapter_dir)
-    finetuned = evaluate(reloaded, reloaded_tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="Evaluating reloaded",
-                         precision=p.cfg.eval_precision)
+    finetuned = p.evaluate_test(reloaded, "Evaluating reloaded", reloaded_tokenizer)
     return finetuned, check_reload(finetuned, in_memory)
 
 
@@ -273,8 +278,7 @@ def report(results: dict, trained: TrainResult, params: ParameterCount, baseline
 def finish(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, params: ParameterCount,
            overwrite: bool, results_path: str | None) -> dict:
     """After training: evaluate, save, reload and check, write and print the results (the main process's part)."""
-    in_memory = evaluate(peft_model, p.tokenizer, p.encoded["test"], p.cfg.eval_batch_size, desc="Evaluating fine-tuned",
-                         precision=p.cfg.eval_precision)
+    in_memory = p.evaluate_test(peft_model, "Evaluating fine-tuned")
     adapter_dir = save(p, peft_model, trained, baseline, in_memory, overwrite)
     finetuned, max_diff = reload_and_check(adapter_dir, p, in_memory)
     results = results_dict(p, baseline, finetuned, params, trained, max_diff, adapter_dir)
@@ -312,8 +316,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, results_p
         check_launch(p)
         describe(p)
 
-        baseline = distributed.on_main(lambda: evaluate(p.model, p.tokenizer, p.encoded["test"], cfg.eval_batch_size,
-                                                        desc="Evaluating pretrained", precision=cfg.eval_precision))
+        baseline = distributed.on_main(lambda: p.evaluate_test(p.model, "Evaluating pretrained"))
         print(f"Pretrained accuracy on test: {baseline.metrics['accuracy']:.4f}")
 
         peft_model = add_adapter(p)
