@@ -9,7 +9,10 @@ Cases: the default (batch 16, fp32); batch 32 and 64; torch.compile (the Trainer
 only worth it, and only allowed, where the CPU has bf16 matrix units, AMX or AVX512-BF16);
 one inter-op thread; eager attention instead of SDPA in evaluation; the pretrained model's dropout off
 (`--model-dropout 0`), and every dropout off (also `--dropout 0`, the adapter's), alone, with batch 32 and with
-bf16; evaluation in batches of 64 (training unchanged), in fp32 and under bf16 autocast.
+bf16; evaluation in batches of 64 (training unchanged), in fp32, under bf16 autocast, and compiled with inductor's
+freezing (the time of the compiling pass printed apart); denormal numbers flushed to zero; and two OpenMP settings
+(the case's process starts with them in its environment): threads that spin between parallel regions instead of
+sleeping, and threads bound to cores.
 Utilisation = FLOPs per processed token (FlopCounterMode, as in bench.py) x processed tokens / seconds / the
 machine's matrix-product rate measured in the same run (fp32, and bf16 for the bf16 case).
 """
@@ -41,7 +44,19 @@ CASES = {
     "no dropout, bf16": {"bf16": True, "settings": {"model_dropout": 0.0, "dropout": 0.0, "precision": "bf16"}},
     "evaluation batch 64": {"eval_batch_size": 64},
     "bf16 autocast, evaluation batch 64": {"bf16": True, "eval_batch_size": 64, "settings": {"precision": "bf16"}},
+    "compiled evaluation (inductor, frozen weights), batch 64": {"compile_eval": True, "eval_batch_size": 64},
+    "denormals flushed to zero": {"flush_denormal": True},
+    "OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)": {"env": {"OMP_WAIT_POLICY": "ACTIVE"}},
+    "OpenMP threads bound to cores (OMP_PROC_BIND=close)": {"env": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}},
 }
+
+
+def padded_tokens(lengths, batch_size: int) -> int:
+    """Tokens an evaluation processes, padding included: predict_logits sorts the rows by length, longest first,
+    and pads each batch to its longest row (what the token-counting hook counts in the eager cases; a compiled
+    forward does not run Python hooks reliably, so the compiled case counts this way)."""
+    ordered = sorted(lengths, reverse=True)
+    return sum(ordered[start] * len(ordered[start:start + batch_size]) for start in range(0, len(ordered), batch_size))
 
 
 def run_case(name: str, args) -> dict:
@@ -53,6 +68,8 @@ def run_case(name: str, args) -> dict:
 
     lever = CASES[name]
     torch.set_num_threads(args.threads)
+    if lever.get("flush_denormal"):
+        torch.set_flush_denormal(True)
     if "interop" in lever:
         torch.set_num_interop_threads(lever["interop"])
     setup_args = argparse.Namespace(**{**vars(args), "batch_size": lever.get("batch_size", args.batch_size),
@@ -68,12 +85,27 @@ def run_case(name: str, args) -> dict:
     trained = train(model, tokenizer, data, cfg, prepare_checkpoints(cfg, fresh=True))
     validation = sum(r.get("eval_runtime", 0) for r in trained.log_history)
     train_tokens = counts["train_total"]
+    eval_batch_size = lever.get("eval_batch_size", cfg.batch_size)
+    compile_seconds = None
+    if lever.get("compile_eval"):
+        import torch._inductor.config
+
+        # Evaluation comes after training, so the weights are constants from here on: inductor's freezing folds
+        # them into the graph and prepacks the products' weights (oneDNN). dynamic=True: one graph for every
+        # sequence length of the length-sorted batches. The first pass compiles; the second is the one timed.
+        torch._inductor.config.freezing = True
+        model.forward = torch.compile(model.forward, dynamic=True)
+        first = evaluate(model, tokenizer, data["test"], eval_batch_size)
     before = counts["eval_total"]
-    result = evaluate(model, tokenizer, data["test"], lever.get("eval_batch_size", cfg.batch_size),
-                      precision="bf16" if lever.get("bf16") else "fp32")
+    result = evaluate(model, tokenizer, data["test"], eval_batch_size, precision="bf16" if lever.get("bf16") else "fp32")
+    eval_tokens = counts["eval_total"] - before
+    if lever.get("compile_eval"):
+        compile_seconds = first.seconds - result.seconds
+        eval_tokens = padded_tokens(data["test"]["length"], eval_batch_size)
     return {"train_seconds": trained.seconds - validation, "train_examples": len(data["train"]),
             "train_tokens": train_tokens, "eval_seconds": result.seconds, "eval_examples": len(data["test"]),
-            "eval_tokens": counts["eval_total"] - before, "accuracy": result.metrics["accuracy"]}
+            "eval_tokens": eval_tokens, "accuracy": result.metrics["accuracy"], "compile_seconds": compile_seconds,
+            "environment": {key: os.environ.get(key) for key in lever.get("env", {})}}
 
 
 def main() -> None:
@@ -107,7 +139,8 @@ def main() -> None:
           f"evaluation {per_token['eval_flops_per_token'] / 1e6:.1f} M", flush=True)
     rows = []
     for name in args.cases:
-        proc = subprocess.run(base + ["--case", name], capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(base + ["--case", name], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, **CASES[name].get("env", {})})  # OpenMP reads it at start-up
         if proc.returncode != 0:
             print(f"{name}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
             continue
@@ -119,11 +152,13 @@ def main() -> None:
                      "eval_examples_per_s": r["eval_examples"] / r["eval_seconds"], "train_gflops": train_gflops,
                      "train_mfu_fp32": train_gflops / rates["fp32"], "eval_gflops": eval_gflops,
                      "eval_mfu_fp32": eval_gflops / rates["fp32"], "mfu_reference": reference,
-                     "accuracy": r["accuracy"]})
+                     "accuracy": r["accuracy"], "compile_seconds": r["compile_seconds"],
+                     "environment": r["environment"]})
         row = rows[-1]
+        compiling = "" if r["compile_seconds"] is None else f", compiling the evaluation {r['compile_seconds']:.1f} s"
         print(f"{name}: train {row['train_examples_per_s']:.1f} ex/s ({train_gflops:.0f} GFLOP/s, MFU "
               f"{row['train_mfu_fp32']:.3f} of fp32), eval {row['eval_examples_per_s']:.1f} ex/s ({eval_gflops:.0f} "
-              f"GFLOP/s, {row['eval_mfu_fp32']:.3f}), accuracy {r['accuracy']:.4f}", flush=True)
+              f"GFLOP/s, {row['eval_mfu_fp32']:.3f}), accuracy {r['accuracy']:.4f}{compiling}", flush=True)
     print("\n| case | train examples/s | train GFLOP/s | train MFU (fp32 rate) | eval examples/s | eval GFLOP/s | "
           "eval MFU (fp32 rate) | test accuracy |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

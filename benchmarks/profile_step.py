@@ -11,6 +11,9 @@ A bare loop (forward, backward, AdamW step) over the batches: 5 warm-up steps (w
 include compiling), then examples/s over the next 40, then torch.profiler over 20 more, printing the operators that
 took the most time, and the rate at which the matrix-product operators ran (the FLOPs FlopCounterMode counts for
 those 20 steps over the profiled time of mm, addmm and bmm). The products' share of the time bounds utilisation.
+Last, the same 20 steps' products (recorded by shape and memory layout) are replayed, each kind timed alone: the
+rate the step's products reach with nothing else running between them, which bounds utilisation from above even if
+every other operation cost nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +21,59 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+class RecordProducts(TorchDispatchMode):
+    """Records every matrix product (mm, addmm, bmm) run under it, forward and backward, by its operands' shapes and
+    strides; replay() then times each kind on its own, on random operands laid out the same way: how fast the
+    step's products run when nothing else competes for the caches, their ceiling on this CPU."""
+
+    OPERATORS = {"aten.mm.default", "aten.addmm.default", "aten.bmm.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if str(func) in self.OPERATORS:
+            layout = tuple((tuple(a.shape), tuple(a.stride())) for a in args if isinstance(a, torch.Tensor))
+            self.calls[(func, layout, tuple(sorted(kwargs.items())))] += 1
+        return func(*args, **kwargs)
+
+    def replay(self, min_seconds: float = 0.02) -> tuple[float, float]:
+        """(seconds, FLOPs) of all the recorded calls, each kind timed alone (the best of 3 timings)."""
+        total_seconds = total_flops = 0.0
+        with torch.no_grad():
+            for (func, layout, kwargs), count in self.calls.items():
+                operands = [torch.empty_strided(shape, stride).normal_() for shape, stride in layout]
+                *batch, m, k = layout[-2][0]
+                flops = 2 * m * k * layout[-1][0][-1] * (batch[0] if batch else 1)
+                repeats, best = 1, float("inf")
+                while True:  # enough repeats for one timing to last min_seconds
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        func(*operands, **dict(kwargs))
+                    if time.perf_counter() - start >= min_seconds:
+                        break
+                    repeats *= 2
+                for _ in range(3):
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        func(*operands, **dict(kwargs))
+                    best = min(best, (time.perf_counter() - start) / repeats)
+                total_seconds += best * count
+                total_flops += flops * count
+        return total_seconds, total_flops
 
 
 def main() -> None:
@@ -40,7 +91,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
     args = parser.parse_args()
 
-    import torch
     from bench import _setup
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
@@ -82,8 +132,9 @@ def main() -> None:
     rate = examples / (time.perf_counter() - start)
     profiled = batches[warm + 40 : warm + 60]
     flops = 0
+    products = RecordProducts()
     for batch in profiled:  # the FLOPs of the profiled steps (forward and backward; no optimizer step here)
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, products:
             model(**batch).loss.backward()
         optimizer.zero_grad(set_to_none=True)
         flops += counter.get_total_flops()
@@ -105,6 +156,11 @@ def main() -> None:
           f"of the fp32 rate of 2048^3 products ({reference:.0f} GFLOP/s)")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
         print(f"  {e.key[:60]:60s} {e.self_cpu_time_total / total:6.1%}  {e.count:6d} calls")
+    alone_seconds, product_flops = products.replay()
+    print(f"the same products alone (each of the {len(products.calls)} shapes and layouts timed by itself, "
+          f"{sum(products.calls.values())} calls): {product_flops / alone_seconds / 1e9:.0f} GFLOP/s = "
+          f"{product_flops / alone_seconds / 1e9 / reference:.2f} of the 2048^3 rate; {alone_seconds:.2f} s, against "
+          f"{matmul / 1e6:.2f} s inside the profiled steps")
 
 
 if __name__ == "__main__":

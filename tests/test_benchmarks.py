@@ -84,9 +84,9 @@ def test_demo_time_estimate_splits_the_matrix_products_from_the_rest():
                                    "estimate_seconds": 100 + 156})  # and the rest 1.2x slower
 
 
-def test_profile_step_reports_rate_matrix_product_share_and_top_operators(tiny_gpt2, rt_dir):
+def test_profile_step_reports_rate_matrix_product_share_top_operators_and_the_products_alone(tiny_gpt2, rt_dir):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--model", str(tiny_gpt2),
-                           "--data-dir", str(rt_dir), "--threads", "1", "--no-dropout", "--rows", "5"],
+                           "--data-dir", str(rt_dir), "--threads", "1", "--no-dropout", "--rows", "100"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
@@ -95,6 +95,39 @@ def test_profile_step_reports_rate_matrix_product_share_and_top_operators(tiny_g
                       r"profiled time, running at (\d+) GFLOP/s = ([\d.]+) of the fp32 rate", lines[header])
     assert found, lines[header]
     assert float(found[1]) > 0 and 0 < float(found[2]) < 100 and float(found[3]) > 0
-    rows = lines[header + 1:header + 6]
-    assert len(rows) == 5 and all(re.search(r"\d+\.\d%\s+\d+ calls$", row) for row in rows), rows
-    assert any("aten::addmm" in row or "aten::mm" in row for row in rows)
+    last = next(i for i, line in enumerate(lines) if line.startswith("the same products alone"))
+    rows = lines[header + 1:last]
+    assert len(rows) >= 5 and all(re.search(r"\d+\.\d%\s+\d+ calls$", row) for row in rows), rows
+    alone = re.search(r"^the same products alone \(each of the (\d+) shapes and layouts timed by itself, (\d+) calls\): "
+                      r"(\d+) GFLOP/s = ([\d.]+) of the 2048\^3 rate; ([\d.]+) s, against ([\d.]+) s", lines[last])
+    assert alone, lines[last]
+    # every product the profiler saw in the 20 steps (all operators are listed here) was recorded and replayed
+    profiled = sum(int(re.search(r"(\d+) calls$", row)[1]) for row in rows if re.match(r"\s+aten::(mm|addmm|bmm)\s", row))
+    assert profiled > 0 and int(alone[2]) == profiled
+    assert 0 < int(alone[1]) <= int(alone[2]) and float(alone[3]) > 0 and float(alone[5]) > 0
+
+
+def test_levers_padded_tokens_pads_each_length_sorted_batch_to_its_longest_row():
+    levers = _load("levers")
+    assert levers.padded_tokens([5, 3, 4, 1, 2], batch_size=2) == 5 * 2 + 3 * 2 + 1 * 1
+    assert levers.padded_tokens([7], batch_size=64) == 7
+
+
+def test_levers_compiled_evaluation_matches_eager_and_reports_its_compile_time(tiny_gpt2, rt_dir):
+    cases = ["evaluation batch 64", "compiled evaluation (inductor, frozen weights), batch 64",
+             "OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--model", str(tiny_gpt2),
+                           "--data-dir", str(rt_dir), "--train-size", "64", "--threads", "1", "--cases", *cases],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {row["case"]: row for row in report["rows"]}
+    assert list(rows) == cases, proc.stdout[-2000:]
+    eager, compiled, spinning = (rows[name] for name in cases)
+    # The same trained adapter, evaluated eagerly and compiled: the same predictions, and the same padded tokens
+    # (counted by the hook in one case, by padded_tokens in the other), so the same FLOPs per example.
+    assert compiled["accuracy"] == eager["accuracy"] == spinning["accuracy"]
+    flops_per_example = [row["eval_gflops"] / row["eval_examples_per_s"] for row in (eager, compiled)]
+    assert flops_per_example[0] == pytest.approx(flops_per_example[1], rel=1e-9)
+    assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] is None
+    assert spinning["environment"] == {"OMP_WAIT_POLICY": "ACTIVE"} and eager["environment"] == {}
