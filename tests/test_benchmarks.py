@@ -131,3 +131,14 @@ def test_levers_compiled_evaluation_matches_eager_and_reports_its_compile_time(t
     assert flops_per_example[0] == pytest.approx(flops_per_example[1], rel=1e-9)
     assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] is None
     assert spinning["environment"] == {"OMP_WAIT_POLICY": "ACTIVE"} and eager["environment"] == {}
+
+
+def test_demo_time_slow_cpu_runs_on_one_thread_without_avx512():
+    demo_time = _load("demo_time")
+    env = demo_time.demo_environment(slow_cpu=True)
+    assert env["HF_HUB_OFFLINE"] == "1" and demo_time.demo_environment(slow_cpu=False).get("OMP_NUM_THREADS") == \
+        os.environ.get("OMP_NUM_THREADS")
+    proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads(), "
+                           "torch.backends.cpu.get_cpu_capability())"], capture_output=True, text=True, env=env)
+    threads, capability = proc.stdout.split()
+    assert threads == "1" and capability in ("AVX2", "DEFAULT"), proc.stdout
