@@ -156,7 +156,9 @@ def main() -> None:
           f"of the fp32 rate of 2048^3 products ({reference:.0f} GFLOP/s)")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
         print(f"  {e.key[:60]:60s} {e.self_cpu_time_total / total:6.1%}  {e.count:6d} calls")
+    torch.set_float32_matmul_precision(args.matmul_precision)  # replayed as the step ran them
     alone_seconds, product_flops = products.replay()
+    torch.set_float32_matmul_precision("highest")
     print(f"the same products alone (each of the {len(products.calls)} shapes and layouts timed by itself, "
           f"{sum(products.calls.values())} calls): {product_flops / alone_seconds / 1e9:.0f} GFLOP/s = "
           f"{product_flops / alone_seconds / 1e9 / reference:.2f} of the 2048^3 rate; {alone_seconds:.2f} s, against "
