@@ -74,6 +74,28 @@ def test_flop_counts_and_matmul_rate_on_a_tiny_model(tiny_gpt2, rt_dir, tmp_path
     assert counts["matmul_gflops"] > 0
 
 
+def test_bench_pipeline_counts_the_tokens_it_trains_and_evaluates_on(tiny_gpt2, rt_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.chdir(tmp_path)
+    bench, levers = _load("bench"), _load("levers")
+    args = SimpleNamespace(model=str(tiny_gpt2), data_dir=str(rt_dir), train_size=64, eval_size=None, batch_size=8,
+                           max_length=64, threads=1, case="pipeline")
+    result = bench.run_case(args)
+    # every training example once (one epoch), padded to its batch's longest row; the test split once, as
+    # predict_logits batches it (the evaluation batch is 4 x the training batch, the package's default)
+    assert 0 < result["train_real_tokens"] <= result["train_total_tokens"]
+    assert result["eval_total_tokens"] == levers.padded_tokens(_test_lengths(tiny_gpt2, rt_dir), 4 * 8)
+    assert 0 < result["eval_real_tokens"] <= result["eval_total_tokens"]
+
+
+def _test_lengths(model: str, data_dir) -> list[int]:
+    from peft_helpers.config import RunConfig
+    from peft_helpers.workflow import prepare
+
+    return prepare(RunConfig(model=str(model), data_dir=str(data_dir), max_length=64), device="cpu").encoded["test"]["length"]
+
+
 def test_demo_time_estimate_splits_the_matrix_products_from_the_rest():
     demo_time = _load("demo_time")
     # 5 TFLOP of products at 100 GFLOP/s: 50 s of a 180 s demo here, 130 s of everything else
