@@ -61,7 +61,7 @@ def _token_counter(model):
             counts[f"{prefix}_real"] += int(mask.sum())
             counts[f"{prefix}_total"] += mask.numel()
 
-    # On the PeftModel the Trainer, the bare loop and predict_logits call, not on the model it wraps: peft 0.14 calls
+    # On the PeftModel that the Trainer and predict_logits call, not on the model it wraps: peft 0.14 calls
     # the wrapped model's forward directly, which runs no hooks (this counted nothing there).
     model.register_forward_pre_hook(hook, with_kwargs=True)
     return counts
