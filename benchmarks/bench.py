@@ -29,6 +29,16 @@ from peft_helpers.hardware import matmul_gflops  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes"
 
 
+def case_in_subprocess(argv: list[str], env: dict | None = None) -> dict:
+    """Run this script with `argv` (which names a --case) in a new process, in `env` (default: this one's), and
+    return the case's BENCH_RESULT; exit with the end of its stderr if it fails."""
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"bench.py {' '.join(argv)} failed:\n{proc.stderr[-4000:]}")
+    line = next(out for out in proc.stdout.splitlines() if out.startswith("BENCH_RESULT "))
+    return json.loads(line.split(" ", 1)[1])
+
+
 def _setup(args, padding: str | None = None, **settings):
     """Model (with LoRA) and tokenized data, identical for every case; `settings` are RunConfig fields that a
     case changes (levers.py)."""
@@ -325,17 +335,13 @@ def main() -> None:
     if args.case:
         print("BENCH_RESULT " + json.dumps(run_case(args)))
         return
-    base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
+    base = ["--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
             "--threads", str(args.threads)] + (["--eval-size", str(args.eval_size)] if args.eval_size else [])
     results = {}
     for case in ("flops", "pipeline", "bare", "common"):
         print(f"running {case} ...", flush=True)
-        proc = subprocess.run(base + ["--case", case], capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            sys.exit(f"{case} failed:\n{proc.stderr[-4000:]}")
-        line = next(out for out in proc.stdout.splitlines() if out.startswith("BENCH_RESULT "))
-        results[case] = json.loads(line.split(" ", 1)[1])
+        results[case] = case_in_subprocess(base + ["--case", case])
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
     text, headline = report(args, results, command)
     if args.out:

@@ -81,12 +81,10 @@ def demo_environment(slow_cpu: bool) -> dict:
 def bench_train_rate(data_dir: str, env: dict) -> float:
     """Training examples/s of bench.py's pipeline case (2,048 reviews, one epoch, dropout on) in `env`, on the
     threads the environment allows: what the issue's machine measured as 45.7."""
+    from bench import case_in_subprocess
+
     threads = env.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--data-dir", data_dir, "--threads",
-                           threads, "--case", "pipeline"], capture_output=True, text=True, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"bench.py's pipeline case failed: {proc.stderr.strip()[-2000:]}")
-    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT")).split(" ", 1)[1])
+    result = case_in_subprocess(["--data-dir", data_dir, "--threads", threads, "--case", "pipeline"], env)
     return result["train_examples"] / result["train_seconds"]
 
 

@@ -51,14 +51,6 @@ CASES = {
 }
 
 
-def padded_tokens(lengths, batch_size: int) -> int:
-    """Tokens an evaluation processes, padding included: predict_logits sorts the rows by length, longest first,
-    and pads each batch to its longest row. Counted this way rather than by bench's hook, which a compiled forward
-    does not run reliably and which older peft (0.14) bypasses by calling the wrapped model's forward directly."""
-    ordered = sorted(lengths, reverse=True)
-    return sum(ordered[start] * len(ordered[start:start + batch_size]) for start in range(0, len(ordered), batch_size))
-
-
 def run_case(name: str, args) -> dict:
     import torch
     from bench import _setup, _token_counter
@@ -96,12 +88,13 @@ def run_case(name: str, args) -> dict:
         torch._inductor.config.freezing = True
         model.forward = torch.compile(model.forward, dynamic=True)
         first = evaluate(model, tokenizer, data["test"], eval_batch_size)
+    before = counts["eval_total"]
     result = evaluate(model, tokenizer, data["test"], eval_batch_size, precision="bf16" if lever.get("bf16") else "fp32")
     if lever.get("compile_eval"):
         compile_seconds = first.seconds - result.seconds
     return {"train_seconds": trained.seconds - validation, "train_examples": len(data["train"]),
             "train_tokens": train_tokens, "eval_seconds": result.seconds, "eval_examples": len(data["test"]),
-            "eval_tokens": padded_tokens(data["test"]["length"], eval_batch_size),
+            "eval_tokens": counts["eval_total"] - before,
             "accuracy": result.metrics["accuracy"], "compile_seconds": compile_seconds,
             "environment": {key: os.environ.get(key) for key in lever.get("env", {})}}
 
@@ -125,11 +118,11 @@ def main() -> None:
     base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
             "--threads", str(args.threads)]
-    flops = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), *base[2:], "--case", "flops"],
-                           capture_output=True, text=True, cwd=ROOT)
-    per_token = json.loads(next(line for line in flops.stdout.splitlines() if line.startswith("BENCH_RESULT"))
-                           .split(" ", 1)[1])
+    from bench import case_in_subprocess
+
     from peft_helpers.hardware import matmul_gflops
+
+    per_token = case_in_subprocess(base[2:] + ["--case", "flops"])
 
     rates = {"fp32": matmul_gflops(args.threads), "bf16": matmul_gflops(args.threads, dtype="bfloat16")}
     print(f"matrix products (2048^3, {args.threads} threads): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 "

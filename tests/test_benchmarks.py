@@ -78,14 +78,14 @@ def test_bench_pipeline_counts_the_tokens_it_trains_and_evaluates_on(tiny_gpt2, 
     from types import SimpleNamespace
 
     monkeypatch.chdir(tmp_path)
-    bench, levers = _load("bench"), _load("levers")
+    bench = _load("bench")
     args = SimpleNamespace(model=str(tiny_gpt2), data_dir=str(rt_dir), train_size=64, eval_size=None, batch_size=8,
                            max_length=64, threads=1, case="pipeline")
     result = bench.run_case(args)
     # every training example once (one epoch), padded to its batch's longest row; the test split once, as
     # predict_logits batches it (the evaluation batch is 4 x the training batch, the package's default)
     assert 0 < result["train_real_tokens"] <= result["train_total_tokens"]
-    assert result["eval_total_tokens"] == levers.padded_tokens(_test_lengths(tiny_gpt2, rt_dir), 4 * 8)
+    assert result["eval_total_tokens"] == _padded_tokens(_test_lengths(tiny_gpt2, rt_dir), 4 * 8)
     assert 0 < result["eval_real_tokens"] <= result["eval_total_tokens"]
 
 
@@ -129,25 +129,30 @@ def test_profile_step_reports_rate_matrix_product_share_top_operators_and_the_pr
     assert 0 < int(alone[1]) <= int(alone[2]) and float(alone[3]) > 0 and float(alone[5]) > 0
 
 
-def test_levers_padded_tokens_pads_each_length_sorted_batch_to_its_longest_row():
-    levers = _load("levers")
-    assert levers.padded_tokens([5, 3, 4, 1, 2], batch_size=2) == 5 * 2 + 3 * 2 + 1 * 1
-    assert levers.padded_tokens([7], batch_size=64) == 7
+def _padded_tokens(lengths, batch_size: int) -> int:
+    """Tokens an evaluation processes, padding included, by predict_logits' rule: rows sorted by length, longest
+    first, each batch padded to its longest row (the expected value of the benchmarks' token counts)."""
+    ordered = sorted(lengths, reverse=True)
+    return sum(ordered[start] * len(ordered[start : start + batch_size]) for start in range(0, len(ordered), batch_size))
+
+
+def test_padded_tokens_pads_each_length_sorted_batch_to_its_longest_row():
+    assert _padded_tokens([5, 3, 4, 1, 2], batch_size=2) == 5 * 2 + 3 * 2 + 1 * 1
+    assert _padded_tokens([7], batch_size=64) == 7
 
 
 @pytest.mark.parametrize("batch_size", [3, 64])
-def test_levers_padded_tokens_is_what_an_evaluation_feeds_the_model(tiny_gpt2, rt_dir, batch_size):
+def test_padded_tokens_is_what_an_evaluation_feeds_the_model(tiny_gpt2, rt_dir, batch_size):
     from peft_helpers.config import RunConfig
     from peft_helpers.evaluation import predict_logits
     from peft_helpers.workflow import prepare
 
-    levers = _load("levers")
     p = prepare(RunConfig(model=str(tiny_gpt2), data_dir=str(rt_dir), train_size=16, eval_size=40), device="cpu")
     fed = []
     p.model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(kwargs["attention_mask"].numel()),
                                       with_kwargs=True)
     predict_logits(p.model, p.tokenizer, p.encoded["test"], batch_size)
-    assert sum(fed) == levers.padded_tokens(p.encoded["test"]["length"], batch_size)
+    assert sum(fed) == _padded_tokens(p.encoded["test"]["length"], batch_size)
     assert len(fed) == -(-len(p.encoded["test"]) // batch_size)
 
 
