@@ -27,6 +27,12 @@ from peft_helpers.config import EVAL_BATCH_FACTOR  # noqa: E402
 from peft_helpers.hardware import matmul_gflops  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes"
+# An emulated slow CPU (issue #13's machine: 2 cores, fp32 products at 105-128 GFLOP/s): one thread, and AVX2 as
+# the widest vector instructions of MKL, oneDNN and ATen's kernels, which brings this Xeon's (AVX-512, AMX) fp32
+# products down to 113-119 GFLOP/s. Each library reads its variable when it starts, so they go in the environment
+# of a new process (demo_time.py --slow-cpu, levers.py --slow-cpu).
+SLOW_CPU = {"OMP_NUM_THREADS": "1", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def case_in_subprocess(argv: list[str], env: dict | None = None) -> dict:

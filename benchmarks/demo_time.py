@@ -43,13 +43,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# One thread; AVX2 as the widest vector instructions of MKL, oneDNN and ATen's kernels. Each library reads its
-# variable when it starts, so they go in the environment of a new process.
-SLOW_CPU = {"OMP_NUM_THREADS": "1", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-            "ATEN_CPU_CAPABILITY": "avx2"}
 ISSUE_BENCH_TRAIN_EXAMPLES_PER_S = 45.7  # `make bench`'s pipeline training rate on the issue's machine
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench import SLOW_CPU  # noqa: E402  (one thread, AVX2 at most: the emulated slow CPU)
 
 
 def demo_flops(data_dir: str, epochs: float, validation_passes: int) -> dict:

@@ -13,6 +13,13 @@ bf16; evaluation in batches of 64 (training unchanged), in fp32, under bf16 auto
 freezing (the time of the compiling pass printed apart); denormal numbers flushed to zero; and two OpenMP settings
 (the case's process starts with them in its environment): threads that spin between parallel regions instead of
 sleeping, and threads bound to cores.
+
+    python benchmarks/levers.py --slow-cpu           # the same on an emulated slow CPU (about 15 minutes)
+
+--slow-cpu runs the whole benchmark (the rate measurement, the FLOP count and every case) on the emulated CPU of
+`demo_time.py --slow-cpu` (bench.SLOW_CPU: one thread, AVX2 at most; fp32 products at 113-119 GFLOP/s here, the
+issue's machine's 105-128), with the cases that mean something there (SLOW_CPU_CASES: no bf16, which that CPU
+would emulate, and no thread settings, with one thread) and evaluation in batches of 128 besides.
 Utilisation = FLOPs per processed token (FlopCounterMode, as in bench.py) x processed tokens / seconds / the
 machine's matrix-product rate measured in the same run (fp32, and bf16 for the bf16 case).
 """
@@ -48,7 +55,14 @@ CASES = {
     "denormals flushed to zero": {"flush_denormal": True},
     "OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)": {"env": {"OMP_WAIT_POLICY": "ACTIVE"}},
     "OpenMP threads bound to cores (OMP_PROC_BIND=close)": {"env": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}},
+    "evaluation batch 128": {"eval_batch_size": 128},
 }
+# The cases run on the emulated slow CPU (--slow-cpu): bf16 is left out (a CPU that slow has no bf16 units, and
+# oneDNN limited to AVX2 would emulate it), and so are the thread settings (one thread: nothing to share or bind).
+SLOW_CPU_CASES = ["default", "batch 32", "batch 64", "torch.compile", "eager attention (eval)", "model dropout 0",
+                  "no dropout (model and adapter)", "no dropout, batch 32", "evaluation batch 64",
+                  "evaluation batch 128", "compiled evaluation (inductor, frozen weights), batch 64",
+                  "denormals flushed to zero"]
 
 
 def run_case(name: str, args) -> dict:
@@ -96,7 +110,8 @@ def run_case(name: str, args) -> dict:
             "train_tokens": train_tokens, "eval_seconds": result.seconds, "eval_examples": len(data["test"]),
             "eval_tokens": counts["eval_total"] - before,
             "accuracy": result.metrics["accuracy"], "compile_seconds": compile_seconds,
-            "environment": {key: os.environ.get(key) for key in lever.get("env", {})}}
+            "environment": {key: os.environ.get(key) for key in lever.get("env", {})},
+            "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def main() -> None:
@@ -109,8 +124,19 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--case", choices=sorted(CASES))
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", choices=list(CASES),
+                        help="default: every case (with --slow-cpu, SLOW_CPU_CASES)")
+    parser.add_argument("--slow-cpu", action="store_true", help="run everything on an emulated slow CPU (see above)")
     args = parser.parse_args()
+    if args.slow_cpu:
+        from bench import SLOW_CPU
+
+        if any(os.environ.get(key) != value for key, value in SLOW_CPU.items()):
+            # MKL, oneDNN and ATen read these when they start: start again with them, so that the rate measured
+            # here and every case's process (which inherits this environment) run on the emulated CPU.
+            os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **SLOW_CPU})
+        args.threads = 1
+    args.cases = args.cases or (SLOW_CPU_CASES if args.slow_cpu else list(CASES))
     if args.case:
         print("LEVER_RESULT " + json.dumps(run_case(args.case, args)))
         return
@@ -118,16 +144,21 @@ def main() -> None:
     base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
             "--threads", str(args.threads)]
-    from bench import case_in_subprocess
+    from bench import SLOW_CPU, case_in_subprocess
 
     from peft_helpers.hardware import matmul_gflops
 
     per_token = case_in_subprocess(base[2:] + ["--case", "flops"])
 
-    rates = {"fp32": matmul_gflops(args.threads), "bf16": matmul_gflops(args.threads, dtype="bfloat16")}
-    print(f"matrix products (2048^3, {args.threads} threads): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 "
-          f"{rates['bf16']:.1f} GFLOP/s; FLOPs per token: training {per_token['train_flops_per_token'] / 1e6:.1f} M, "
-          f"evaluation {per_token['eval_flops_per_token'] / 1e6:.1f} M", flush=True)
+    rates = {"fp32": matmul_gflops(args.threads)}
+    if any(CASES[name].get("bf16") for name in args.cases):
+        rates["bf16"] = matmul_gflops(args.threads, dtype="bfloat16")
+    emulated = " on the emulated slow CPU (" + " ".join(f"{k}={os.environ[k]}" for k in SLOW_CPU) + ")" \
+        if args.slow_cpu else ""
+    bf16 = f", bf16 {rates['bf16']:.1f} GFLOP/s" if "bf16" in rates else ""
+    print(f"matrix products (2048^3, {args.threads} threads{emulated}): fp32 {rates['fp32']:.1f} GFLOP/s{bf16}; "
+          f"FLOPs per token: training {per_token['train_flops_per_token'] / 1e6:.1f} M, evaluation "
+          f"{per_token['eval_flops_per_token'] / 1e6:.1f} M", flush=True)
     rows = []
     for name in args.cases:
         proc = subprocess.run(base + ["--case", name], capture_output=True, text=True, cwd=ROOT,
@@ -144,7 +175,8 @@ def main() -> None:
                      "train_mfu_fp32": train_gflops / rates["fp32"], "eval_gflops": eval_gflops,
                      "eval_mfu_fp32": eval_gflops / rates["fp32"], "mfu_reference": reference,
                      "accuracy": r["accuracy"], "compile_seconds": r["compile_seconds"],
-                     "environment": r["environment"]})
+                     "environment": r["environment"], "threads": r["threads"],
+                     "cpu_capability": r["cpu_capability"]})
         row = rows[-1]
         compiling = "" if r["compile_seconds"] is None else f", compiling the evaluation {r['compile_seconds']:.1f} s"
         print(f"{name}: train {row['train_examples_per_s']:.1f} ex/s ({train_gflops:.0f} GFLOP/s, MFU "
@@ -157,7 +189,8 @@ def main() -> None:
         print(f"| {row['case']} | {row['train_examples_per_s']:.1f} | {row['train_gflops']:.0f} | "
               f"{row['train_mfu_fp32']:.3f} | {row['eval_examples_per_s']:.1f} | {row['eval_gflops']:.0f} | "
               f"{row['eval_mfu_fp32']:.3f} | {row['accuracy']:.4f} |")
-    print(json.dumps({"rates_gflops": rates, "flops_per_token": per_token, "rows": rows}))
+    print(json.dumps({"rates_gflops": rates, "flops_per_token": per_token, "slow_cpu": SLOW_CPU if args.slow_cpu else None,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":

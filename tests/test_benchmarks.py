@@ -182,3 +182,30 @@ def test_demo_time_slow_cpu_runs_on_one_thread_without_avx512():
                            "torch.backends.cpu.get_cpu_capability())"], capture_output=True, text=True, env=env)
     threads, capability = proc.stdout.split()
     assert threads == "1" and capability in ("AVX2", "DEFAULT"), proc.stdout
+
+
+def test_levers_slow_cpu_runs_its_cases_on_the_emulated_cpu(tiny_gpt2, rt_dir):
+    """--slow-cpu starts levers.py again in the emulated CPU's environment: the rate it measures and each case's
+    process run on one thread without AVX-512, and no bf16 rate is measured for fp32 cases."""
+    cases = ["evaluation batch 64", "evaluation batch 128"]
+    env = {key: value for key, value in os.environ.items() if key not in _load("bench").SLOW_CPU}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--model", str(tiny_gpt2),
+                           "--data-dir", str(rt_dir), "--train-size", "64", "--slow-cpu", "--cases", *cases],
+                          capture_output=True, text=True, timeout=900, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["slow_cpu"] == _load("bench").SLOW_CPU and list(report["rates_gflops"]) == ["fp32"]
+    assert "on the emulated slow CPU (OMP_NUM_THREADS=1 " in proc.stdout
+    assert [row["case"] for row in report["rows"]] == cases
+    for row in report["rows"]:
+        assert row["threads"] == 1 and row["cpu_capability"] in ("AVX2", "DEFAULT"), row
+    # Both evaluate the same adapter: the batch size changes the speed, not the predictions.
+    assert report["rows"][0]["accuracy"] == report["rows"][1]["accuracy"]
+
+
+def test_levers_slow_cpu_cases_leave_out_bf16_and_thread_settings():
+    levers = _load("levers")
+    assert set(levers.SLOW_CPU_CASES) <= set(levers.CASES) and "default" in levers.SLOW_CPU_CASES
+    for name in levers.SLOW_CPU_CASES:
+        assert not levers.CASES[name].get("bf16") and "env" not in levers.CASES[name] and \
+            "interop" not in levers.CASES[name], name
