@@ -10,16 +10,16 @@ only worth it, and only allowed, where the CPU has bf16 matrix units, AMX or AVX
 one inter-op thread; eager attention instead of SDPA in evaluation; the pretrained model's dropout off
 (`--model-dropout 0`), and every dropout off (also `--dropout 0`, the adapter's), alone, with batch 32 and with
 bf16; evaluation in batches of 64 (training unchanged), in fp32, under bf16 autocast, and compiled with inductor's
-freezing (the time of the compiling pass printed apart); denormal numbers flushed to zero; and two OpenMP settings
-(the case's process starts with them in its environment): threads that spin between parallel regions instead of
-sleeping, and threads bound to cores.
+freezing (the time of the compiling pass printed apart), and in batches of 128; denormal numbers flushed to zero;
+and two OpenMP settings (the case's process starts with them in its environment): threads that spin between
+parallel regions instead of sleeping, and threads bound to cores.
 
     python benchmarks/levers.py --slow-cpu           # the same on an emulated slow CPU (about 15 minutes)
 
 --slow-cpu runs the whole benchmark (the rate measurement, the FLOP count and every case) on the emulated CPU of
 `demo_time.py --slow-cpu` (bench.SLOW_CPU: one thread, AVX2 at most; fp32 products at 113-119 GFLOP/s here, the
 issue's machine's 105-128), with the cases that mean something there (SLOW_CPU_CASES: no bf16, which that CPU
-would emulate, and no thread settings, with one thread) and evaluation in batches of 128 besides.
+would emulate, and no thread settings, with one thread).
 Utilisation = FLOPs per processed token (FlopCounterMode, as in bench.py) x processed tokens / seconds / the
 machine's matrix-product rate measured in the same run (fp32, and bf16 for the bf16 case).
 """
