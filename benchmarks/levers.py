@@ -128,9 +128,9 @@ def main() -> None:
                         help="default: every case (with --slow-cpu, SLOW_CPU_CASES)")
     parser.add_argument("--slow-cpu", action="store_true", help="run everything on an emulated slow CPU (see above)")
     args = parser.parse_args()
-    if args.slow_cpu:
-        from bench import SLOW_CPU
+    from bench import SLOW_CPU, case_in_subprocess
 
+    if args.slow_cpu:
         if any(os.environ.get(key) != value for key, value in SLOW_CPU.items()):
             # MKL, oneDNN and ATen read these when they start: start again with them, so that the rate measured
             # here and every case's process (which inherits this environment) run on the emulated CPU.
@@ -144,8 +144,6 @@ def main() -> None:
     base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
             "--threads", str(args.threads)]
-    from bench import SLOW_CPU, case_in_subprocess
-
     from peft_helpers.hardware import matmul_gflops
 
     per_token = case_in_subprocess(base[2:] + ["--case", "flops"])
