@@ -3,7 +3,7 @@
     python benchmarks/bench.py --out BENCHMARKS.md      # what `make bench` runs (offline, about 10 minutes)
 
 Cases, each in its own process (clean peak-memory numbers), on the same model, data and seed:
-  pipeline  our Trainer set-up: dynamic padding, length-grouped batches; evaluation sorted by length
+  pipeline  our Trainer set-up: dynamic padding, length-grouped batches; evaluation sorted by length, LoRA merged
   bare      a minimal PyTorch loop: the same model, LoRA, optimizer, schedule and the *same batches*
   common    the usual notebook recipe: padding="max_length", shuffled batches, Trainer.evaluate on padded data
   flops     FLOPs per token (FlopCounterMode on real batches) and the fp32 matrix-product rate, for utilisation
@@ -110,6 +110,7 @@ def case_bare(args) -> dict:
     import torch
     from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
+    from peft_helpers.evaluation import lora_merged
     from peft_helpers.training import SeededLengthGroupedSampler
 
     cfg, model, tokenizer, data = _setup(args)
@@ -146,7 +147,7 @@ def case_bare(args) -> dict:
     size = cfg.eval_batch_size  # the pipeline's evaluation batches
     eval_batches = [collator([rows[int(i)] for i in order[s : s + size]]) for s in range(0, len(order), size)]
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), lora_merged(model):  # as predict_logits evaluates
         logits = torch.cat([model(**b).logits for b in eval_batches])
     eval_seconds = time.perf_counter() - start
     predictions = np.empty(len(order), dtype=int)
@@ -190,11 +191,14 @@ def count_flops(cfg, model, tokenizer, data) -> dict:
     """FLOPs per processed (padded) token of a training step (forward and backward) and of an evaluation forward,
     counted by torch.utils.flop_counter.FlopCounterMode on 8 real batches of each, spread over the epoch's
     length-grouped order (training) and the length-sorted test split (evaluation)."""
+    from contextlib import nullcontext
+
     import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import DataCollatorWithPadding
 
+    from peft_helpers.evaluation import lora_merged
     from peft_helpers.training import SeededLengthGroupedSampler
 
     collator = DataCollatorWithPadding(tokenizer)
@@ -215,13 +219,16 @@ def count_flops(cfg, model, tokenizer, data) -> dict:
     model.eval()
     test = data["test"].select_columns(["input_ids", "attention_mask"])
     by_length = np.argsort(-np.array(data["test"]["length"]), kind="stable")
-    flops = tokens = 0
-    for s in np.linspace(0, len(by_length) - cfg.batch_size, 8).astype(int):
-        batch = collator([test[int(i)] for i in by_length[s : s + cfg.batch_size]])
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            model(**batch)
-        flops, tokens = flops + counter.get_total_flops(), tokens + batch["input_ids"].numel()
-    counts["eval_flops_per_token"] = flops / tokens
+    for key, merging in (("eval_flops_per_token", lora_merged), ("eval_unmerged_flops_per_token", nullcontext)):
+        # eval_flops_per_token: as predict_logits runs it, LoRA folded into the weights (evaluation.lora_merged),
+        # the base products only; unmerged: the adapters' own products too (levers.py's "before" case)
+        flops = tokens = 0
+        for s in np.linspace(0, len(by_length) - cfg.batch_size, 8).astype(int):
+            batch = collator([test[int(i)] for i in by_length[s : s + cfg.batch_size]])
+            with torch.inference_mode(), merging(model), FlopCounterMode(display=False) as counter:
+                model(**batch)
+            flops, tokens = flops + counter.get_total_flops(), tokens + batch["input_ids"].numel()
+        counts[key] = flops / tokens
     return counts
 
 

@@ -10,7 +10,8 @@ only worth it, and only allowed, where the CPU has bf16 matrix units, AMX or AVX
 one inter-op thread; eager attention instead of SDPA in evaluation; the pretrained model's dropout off
 (`--model-dropout 0`), and every dropout off (also `--dropout 0`, the adapter's), alone, with batch 32 and with
 bf16; evaluation in batches of 64 (training unchanged), in fp32, under bf16 autocast, and compiled with inductor's
-freezing (the time of the compiling pass printed apart), and in batches of 128; denormal numbers flushed to zero;
+freezing (the time of the compiling pass printed apart), in batches of 128, and in batches of 64 without folding
+LoRA into the weights (evaluation.lora_merged; how every evaluation ran before it); denormal numbers flushed to zero;
 and two OpenMP settings (the case's process starts with them in its environment): threads that spin between
 parallel regions instead of sleeping, and threads bound to cores.
 
@@ -56,13 +57,14 @@ CASES = {
     "OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)": {"env": {"OMP_WAIT_POLICY": "ACTIVE"}},
     "OpenMP threads bound to cores (OMP_PROC_BIND=close)": {"env": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}},
     "evaluation batch 128": {"eval_batch_size": 128},
+    "evaluation batch 64, LoRA not merged (before)": {"eval_batch_size": 64, "unmerged_eval": True},
 }
 # The cases run on the emulated slow CPU (--slow-cpu): bf16 is left out (a CPU that slow has no bf16 units, and
 # oneDNN limited to AVX2 would emulate it), and so are the thread settings (one thread: nothing to share or bind).
 SLOW_CPU_CASES = ["default", "batch 32", "batch 64", "torch.compile", "eager attention (eval)", "model dropout 0",
                   "no dropout (model and adapter)", "no dropout, batch 32", "evaluation batch 64",
                   "evaluation batch 128", "compiled evaluation (inductor, frozen weights), batch 64",
-                  "denormals flushed to zero"]
+                  "denormals flushed to zero", "evaluation batch 64, LoRA not merged (before)"]
 
 
 def run_case(name: str, args) -> dict:
@@ -102,6 +104,13 @@ def run_case(name: str, args) -> dict:
         torch._inductor.config.freezing = True
         model.forward = torch.compile(model.forward, dynamic=True)
         first = evaluate(model, tokenizer, data["test"], eval_batch_size)
+    if lever.get("unmerged_eval"):
+        import contextlib
+
+        import peft_helpers.evaluation
+
+        # evaluation as it was before evaluation.lora_merged: the adapters' own products in every forward
+        peft_helpers.evaluation.lora_merged = lambda model: contextlib.nullcontext()
     before = counts["eval_total"]
     result = evaluate(model, tokenizer, data["test"], eval_batch_size, precision="bf16" if lever.get("bf16") else "fp32")
     if lever.get("compile_eval"):
@@ -156,7 +165,8 @@ def main() -> None:
     bf16 = f", bf16 {rates['bf16']:.1f} GFLOP/s" if "bf16" in rates else ""
     print(f"matrix products (2048^3, {args.threads} threads{emulated}): fp32 {rates['fp32']:.1f} GFLOP/s{bf16}; "
           f"FLOPs per token: training {per_token['train_flops_per_token'] / 1e6:.1f} M, evaluation "
-          f"{per_token['eval_flops_per_token'] / 1e6:.1f} M", flush=True)
+          f"{per_token['eval_flops_per_token'] / 1e6:.1f} M (LoRA merged; "
+          f"{per_token['eval_unmerged_flops_per_token'] / 1e6:.1f} M not merged)", flush=True)
     rows = []
     for name in args.cases:
         proc = subprocess.run(base + ["--case", name], capture_output=True, text=True, cwd=ROOT,
@@ -167,7 +177,8 @@ def main() -> None:
         r = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("LEVER_RESULT")).split(" ", 1)[1])
         reference = rates["bf16" if CASES[name].get("bf16") else "fp32"]
         train_gflops = per_token["train_flops_per_token"] * r["train_tokens"] / r["train_seconds"] / 1e9
-        eval_gflops = per_token["eval_flops_per_token"] * r["eval_tokens"] / r["eval_seconds"] / 1e9
+        eval_flops = per_token["eval_unmerged_flops_per_token" if CASES[name].get("unmerged_eval") else "eval_flops_per_token"]
+        eval_gflops = eval_flops * r["eval_tokens"] / r["eval_seconds"] / 1e9
         rows.append({"case": name, "train_examples_per_s": r["train_examples"] / r["train_seconds"],
                      "eval_examples_per_s": r["eval_examples"] / r["eval_seconds"], "train_gflops": train_gflops,
                      "train_mfu_fp32": train_gflops / rates["fp32"], "eval_gflops": eval_gflops,

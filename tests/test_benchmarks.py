@@ -156,9 +156,9 @@ def test_padded_tokens_is_what_an_evaluation_feeds_the_model(tiny_gpt2, rt_dir, 
     assert len(fed) == -(-len(p.encoded["test"]) // batch_size)
 
 
-def test_levers_compiled_evaluation_matches_eager_and_reports_its_compile_time(tiny_gpt2, rt_dir):
+def test_levers_compiled_and_unmerged_evaluation_match_eager_and_report_their_costs(tiny_gpt2, rt_dir):
     cases = ["evaluation batch 64", "compiled evaluation (inductor, frozen weights), batch 64",
-             "OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)"]
+             "OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)", "evaluation batch 64, LoRA not merged (before)"]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--model", str(tiny_gpt2),
                            "--data-dir", str(rt_dir), "--train-size", "64", "--threads", "1", "--cases", *cases],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -166,9 +166,12 @@ def test_levers_compiled_evaluation_matches_eager_and_reports_its_compile_time(t
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = {row["case"]: row for row in report["rows"]}
     assert list(rows) == cases, proc.stdout[-2000:]
-    eager, compiled, spinning = (rows[name] for name in cases)
-    # The same trained adapter, evaluated eagerly and compiled: the same predictions.
-    assert compiled["accuracy"] == eager["accuracy"] == spinning["accuracy"]
+    eager, compiled, spinning, unmerged = (rows[name] for name in cases)
+    # The same trained adapter, evaluated eagerly and compiled, LoRA merged or not: the same predictions.
+    assert compiled["accuracy"] == eager["accuracy"] == spinning["accuracy"] == unmerged["accuracy"]
+    # Merged, a forward does the base model's products only: fewer FLOPs per token than with the adapters' own.
+    per_token = report["flops_per_token"]
+    assert per_token["eval_flops_per_token"] < per_token["eval_unmerged_flops_per_token"]
     assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] is None
     assert spinning["environment"] == {"OMP_WAIT_POLICY": "ACTIVE"} and eager["environment"] == {}
 
