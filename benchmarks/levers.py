@@ -22,7 +22,8 @@ parallel regions instead of sleeping, and threads bound to cores.
 issue's machine's 105-128), with the cases that mean something there (SLOW_CPU_CASES: no bf16, which that CPU
 would emulate, and no thread settings, with one thread).
 Utilisation = FLOPs per processed token (FlopCounterMode, as in bench.py) x processed tokens / seconds / the
-machine's matrix-product rate measured in the same run (fp32, and bf16 for the bf16 case).
+machine's matrix-product rate (fp32, and bf16 for the bf16 case), measured just before and just after each case
+(their mean; the shared host's speed drifts within minutes); the rate at the start is printed too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ SLOW_CPU_CASES = ["default", "batch 32", "batch 64", "torch.compile", "eager att
                   "no dropout (model and adapter)", "no dropout, batch 32", "evaluation batch 64",
                   "evaluation batch 128", "compiled evaluation (inductor, frozen weights), batch 64",
                   "denormals flushed to zero", "evaluation batch 64, LoRA not merged (before)"]
+
+
+def measure_rates(kinds: list[str], threads: int) -> dict:
+    """The matrix-product rate of each kind ("fp32", "bf16") now, in GFLOP/s."""
+    from peft_helpers.hardware import matmul_gflops
+
+    return {kind: matmul_gflops(threads, **({} if kind == "fp32" else {"dtype": "bfloat16"})) for kind in kinds}
 
 
 def run_case(name: str, args) -> dict:
@@ -153,13 +161,10 @@ def main() -> None:
     base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
             "--threads", str(args.threads)]
-    from peft_helpers.hardware import matmul_gflops
-
     per_token = case_in_subprocess(base[2:] + ["--case", "flops"])
 
-    rates = {"fp32": matmul_gflops(args.threads)}
-    if any(CASES[name].get("bf16") for name in args.cases):
-        rates["bf16"] = matmul_gflops(args.threads, dtype="bfloat16")
+    rates = measure_rates(["fp32"] + (["bf16"] if any(CASES[name].get("bf16") for name in args.cases) else []),
+                          args.threads)
     emulated = " on the emulated slow CPU (" + " ".join(f"{k}={os.environ[k]}" for k in SLOW_CPU) + ")" \
         if args.slow_cpu else ""
     bf16 = f", bf16 {rates['bf16']:.1f} GFLOP/s" if "bf16" in rates else ""
@@ -169,34 +174,42 @@ def main() -> None:
           f"{per_token['eval_unmerged_flops_per_token'] / 1e6:.1f} M not merged)", flush=True)
     rows = []
     for name in args.cases:
+        # The shared host's speed drifts within minutes (by a third on a bad day): each case is measured against the
+        # mean of the rates just before and just after it, not only against the rate at the start.
+        before = measure_rates(list(rates), args.threads)
         proc = subprocess.run(base + ["--case", name], capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, **CASES[name].get("env", {})})  # OpenMP reads it at start-up
         if proc.returncode != 0:
             print(f"{name}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
             continue
         r = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("LEVER_RESULT")).split(" ", 1)[1])
-        reference = rates["bf16" if CASES[name].get("bf16") else "fp32"]
+        after = measure_rates(list(rates), args.threads)
+        case_rates = {kind: (before[kind] + after[kind]) / 2 for kind in rates}
+        reference = case_rates["bf16" if CASES[name].get("bf16") else "fp32"]
         train_gflops = per_token["train_flops_per_token"] * r["train_tokens"] / r["train_seconds"] / 1e9
-        eval_flops = per_token["eval_unmerged_flops_per_token" if CASES[name].get("unmerged_eval") else "eval_flops_per_token"]
+        eval_flops = per_token["eval_unmerged_flops_per_token" if CASES[name].get("unmerged_eval")
+                               else "eval_flops_per_token"]
         eval_gflops = eval_flops * r["eval_tokens"] / r["eval_seconds"] / 1e9
         rows.append({"case": name, "train_examples_per_s": r["train_examples"] / r["train_seconds"],
                      "eval_examples_per_s": r["eval_examples"] / r["eval_seconds"], "train_gflops": train_gflops,
-                     "train_mfu_fp32": train_gflops / rates["fp32"], "eval_gflops": eval_gflops,
-                     "eval_mfu_fp32": eval_gflops / rates["fp32"], "mfu_reference": reference,
+                     "train_mfu_fp32": train_gflops / case_rates["fp32"], "eval_gflops": eval_gflops,
+                     "eval_mfu_fp32": eval_gflops / case_rates["fp32"], "mfu_reference": reference,
+                     "fp32_gflops_around_case": case_rates["fp32"],
                      "accuracy": r["accuracy"], "compile_seconds": r["compile_seconds"],
                      "environment": r["environment"], "threads": r["threads"],
                      "cpu_capability": r["cpu_capability"]})
         row = rows[-1]
         compiling = "" if r["compile_seconds"] is None else f", compiling the evaluation {r['compile_seconds']:.1f} s"
-        print(f"{name}: train {row['train_examples_per_s']:.1f} ex/s ({train_gflops:.0f} GFLOP/s, MFU "
-              f"{row['train_mfu_fp32']:.3f} of fp32), eval {row['eval_examples_per_s']:.1f} ex/s ({eval_gflops:.0f} "
-              f"GFLOP/s, {row['eval_mfu_fp32']:.3f}), accuracy {r['accuracy']:.4f}{compiling}", flush=True)
-    print("\n| case | train examples/s | train GFLOP/s | train MFU (fp32 rate) | eval examples/s | eval GFLOP/s | "
-          "eval MFU (fp32 rate) | test accuracy |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(f"{name}: fp32 {case_rates['fp32']:.1f} GFLOP/s around it; train {row['train_examples_per_s']:.1f} ex/s "
+              f"({train_gflops:.0f} GFLOP/s, MFU {row['train_mfu_fp32']:.3f} of fp32), eval "
+              f"{row['eval_examples_per_s']:.1f} ex/s ({eval_gflops:.0f} GFLOP/s, {row['eval_mfu_fp32']:.3f}), "
+              f"accuracy {r['accuracy']:.4f}{compiling}", flush=True)
+    print("\n| case | fp32 GFLOP/s around the case | train examples/s | train GFLOP/s | train MFU (fp32 rate) | "
+          "eval examples/s | eval GFLOP/s | eval MFU (fp32 rate) | test accuracy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['case']} | {row['train_examples_per_s']:.1f} | {row['train_gflops']:.0f} | "
-              f"{row['train_mfu_fp32']:.3f} | {row['eval_examples_per_s']:.1f} | {row['eval_gflops']:.0f} | "
+        print(f"| {row['case']} | {row['fp32_gflops_around_case']:.1f} | {row['train_examples_per_s']:.1f} | "
+              f"{row['train_gflops']:.0f} | {row['train_mfu_fp32']:.3f} | {row['eval_examples_per_s']:.1f} | {row['eval_gflops']:.0f} | "
               f"{row['eval_mfu_fp32']:.3f} | {row['accuracy']:.4f} |")
     print(json.dumps({"rates_gflops": rates, "flops_per_token": per_token, "slow_cpu": SLOW_CPU if args.slow_cpu else None,
                       "rows": rows}))

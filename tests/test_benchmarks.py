@@ -202,6 +202,7 @@ def test_levers_slow_cpu_runs_its_cases_on_the_emulated_cpu(tiny_gpt2, rt_dir):
     assert [row["case"] for row in report["rows"]] == cases
     for row in report["rows"]:
         assert row["threads"] == 1 and row["cpu_capability"] in ("AVX2", "DEFAULT"), row
+        assert row["fp32_gflops_around_case"] > 0  # each case against the rate measured around it
     # Both evaluate the same adapter: the batch size changes the speed, not the predictions.
     assert report["rows"][0]["accuracy"] == report["rows"][1]["accuracy"]
 
@@ -212,3 +213,19 @@ def test_levers_slow_cpu_cases_leave_out_bf16_and_thread_settings():
     for name in levers.SLOW_CPU_CASES:
         assert not levers.CASES[name].get("bf16") and "env" not in levers.CASES[name] and \
             "interop" not in levers.CASES[name], name
+
+
+def test_eval_merge_times_merged_and_unmerged_evaluation_in_alternating_pairs(tiny_gpt2, rt_dir):
+    """eval_merge.py: the same predictions merged and not, the passes alternate in order round by round, and the
+    merged forward counts fewer FLOPs (the adapters' products are gone)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_merge.py"), "--model", str(tiny_gpt2),
+                           "--data-dir", str(rt_dir), "--train-size", "16", "--rounds", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["same_predictions"] and report["max_logit_difference"] < 1e-5
+    assert [p["mode"] for p in report["passes"]] == ["merged", "unmerged", "unmerged", "merged"]
+    assert all(p["seconds"] > 0 and p["rate"] > 0 for p in report["passes"])
+    per_token = report["flops_per_token"]
+    assert per_token["eval_flops_per_token"] < per_token["eval_unmerged_flops_per_token"]
+    assert report["examples"] == 1066 and "merged over unmerged, per round" in proc.stdout
