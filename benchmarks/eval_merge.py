@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def measure(args) -> dict:
     import numpy as np
     import torch
-    from bench import _setup, count_flops
+    from bench import _setup, _token_counter, count_flops
 
     import peft_helpers.evaluation as evaluation
     from peft_helpers.hardware import matmul_gflops
@@ -51,10 +50,7 @@ def measure(args) -> dict:
                 parameter.normal_(std=0.02)
     per_token = count_flops(cfg, model, tokenizer, data)
     test = data["test"]
-    lengths = np.array(test["length"])
-    order = np.argsort(-lengths, kind="stable")  # predict_logits' batches: length-sorted, padded to their longest
-    tokens = sum(int(lengths[order[s : s + args.eval_batch_size]].max()) * len(order[s : s + args.eval_batch_size])
-                 for s in range(0, len(order), args.eval_batch_size))
+    counts = _token_counter(model)  # processed (padded) tokens of the first pass: every pass batches alike
     merge = evaluation.lora_merged
     modes = {"merged": (merge, per_token["eval_flops_per_token"]),
              "unmerged": (lambda m: contextlib.nullcontext(), per_token["eval_unmerged_flops_per_token"])}
@@ -62,6 +58,7 @@ def measure(args) -> dict:
     for mode, (context, _) in modes.items():  # a first pass of each, untimed: warm caches, the same predictions
         evaluation.lora_merged = context
         logits[mode] = evaluation.predict_logits(model, tokenizer, test, args.eval_batch_size)
+    tokens = counts["eval_total"] // 2
     passes = []
     for round_ in range(args.rounds):
         for mode in (("merged", "unmerged") if round_ % 2 == 0 else ("unmerged", "merged")):
@@ -109,27 +106,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--slow-cpu", action="store_true", help="run on the emulated slow CPU (bench.SLOW_CPU)")
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # the child process's part
     args = parser.parse_args()
     from bench import SLOW_CPU
 
-    if args.measure:
-        print("EVAL_MERGE " + json.dumps(measure(args)))
-        return
-    argv = [a for a in sys.argv[1:] if a != "--slow-cpu"]
-    env = {**os.environ, **SLOW_CPU} if args.slow_cpu else dict(os.environ)
     if args.slow_cpu:
-        argv += ["--threads", "1"]  # the last --threads counts: the emulation has one thread
-    # In a child process: the emulation's variables are read when torch loads, so they must be set before it starts.
-    proc = subprocess.run([sys.executable, __file__, *argv, "--measure"], capture_output=True, text=True, cwd=ROOT,
-                          env=env)
-    if proc.returncode != 0:
-        sys.exit(f"eval_merge.py failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("EVAL_MERGE ")).split(" ", 1)[1])
+        if any(os.environ.get(key) != value for key, value in SLOW_CPU.items()):
+            # MKL, oneDNN and ATen read these when they start: start again with them, as levers.py --slow-cpu does.
+            os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **SLOW_CPU})
+        args.threads = 1  # the emulation has one thread
+    result = measure(args)
     emulated = " (emulated slow CPU: " + " ".join(f"{k}={v}" for k, v in SLOW_CPU.items()) + ")" if args.slow_cpu else ""
     report(result, emulated)
     print(json.dumps({**result, "slow_cpu": SLOW_CPU if args.slow_cpu else None}))
-
 
 if __name__ == "__main__":
     main()
