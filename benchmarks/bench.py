@@ -235,7 +235,7 @@ def count_flops(cfg, model, tokenizer, data) -> dict:
 def case_flops(args) -> dict:
     """FLOPs per processed token (count_flops) and the matrix-product rate."""
     cfg, model, tokenizer, data = _setup(args)
-    return {**count_flops(cfg, model, tokenizer, data), "matmul_gflops": matmul_gflops(args.threads)}
+    return {**count_flops(cfg, model, tokenizer, data), "matmul_gflops": matmul_gflops(args.threads, args.rate_size)}
 
 
 CASES = {"pipeline": case_pipeline, "bare": case_bare, "common": case_common, "flops": case_flops}
@@ -300,7 +300,7 @@ def report(args, results: dict, command: str) -> str:
         return f[f"{k}_flops_per_token"] * p[f"{k}_total_tokens"] / r[f"{k}_seconds"] / (f["matmul_gflops"] * 1e9)
 
     lines += ["", f"Model FLOPs utilisation: the machine's fp32 matrix-product rate, measured in the same run with "
-              f"{args.threads} threads (2048 x 2048 products), is **{f['matmul_gflops']:.1f} GFLOP/s**. "
+              f"{args.threads} threads ({args.rate_size} x {args.rate_size} products), is **{f['matmul_gflops']:.1f} GFLOP/s**. "
               f"FlopCounterMode counts {f['train_flops_per_token'] / 1e6:.1f} MFLOP per processed token for a training "
               f"step (forward and backward, LoRA) and {f['eval_flops_per_token'] / 1e6:.1f} MFLOP for an evaluation "
               "forward (8 real batches of each). Achieved FLOP/s = FLOPs per token x tokens processed / seconds.", "",
@@ -339,6 +339,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process and print its JSON")
+    parser.add_argument("--rate-size", type=int, default=2048,
+                        help="side of the square fp32 products the rate is measured on (the tests pass 256)")
     parser.add_argument("--out", help="write the report here (replacing the section between the markers)")
     args = parser.parse_args()
     if args.threads is None:
@@ -350,7 +352,8 @@ def main() -> None:
         return
     base = ["--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-            "--threads", str(args.threads)] + (["--eval-size", str(args.eval_size)] if args.eval_size else [])
+            "--threads", str(args.threads), "--rate-size", str(args.rate_size)] + (
+                ["--eval-size", str(args.eval_size)] if args.eval_size else [])
     results = {}
     for case in ("flops", "pipeline", "bare", "common"):
         print(f"running {case} ...", flush=True)

@@ -64,16 +64,16 @@ def measure(args) -> dict:
         for mode in (("merged", "unmerged") if round_ % 2 == 0 else ("unmerged", "merged")):
             context, flops = modes[mode]
             evaluation.lora_merged = context
-            before = matmul_gflops(args.threads)
+            before = matmul_gflops(args.threads, args.rate_size)
             start = time.perf_counter()
             evaluation.predict_logits(model, tokenizer, test, args.eval_batch_size)
             seconds = time.perf_counter() - start
-            rate = (before + matmul_gflops(args.threads)) / 2
+            rate = (before + matmul_gflops(args.threads, args.rate_size)) / 2
             passes.append({"round": round_, "mode": mode, "seconds": seconds, "examples_per_s": len(test) / seconds,
                            "gflops": flops * tokens / seconds / 1e9, "rate": rate,
                            "mfu": flops * tokens / seconds / 1e9 / rate})
     evaluation.lora_merged = merge
-    return {"passes": passes, "flops_per_token": per_token, "tokens": tokens, "examples": len(test),
+    return {"passes": passes, "rate_size": args.rate_size, "flops_per_token": per_token, "tokens": tokens, "examples": len(test),
             "max_logit_difference": float(np.abs(logits["merged"] - logits["unmerged"]).max()),
             "same_predictions": bool((logits["merged"].argmax(-1) == logits["unmerged"].argmax(-1)).all()),
             "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--slow-cpu", action="store_true", help="run on the emulated slow CPU (bench.SLOW_CPU)")
+    parser.add_argument("--rate-size", type=int, default=2048,
+                        help="side of the square fp32 products the rate is measured on, as in levers.py (the tests "
+                             "pass 256)")
     args = parser.parse_args()
     from bench import SLOW_CPU
 

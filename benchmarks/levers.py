@@ -68,11 +68,11 @@ SLOW_CPU_CASES = ["default", "batch 32", "batch 64", "torch.compile", "eager att
                   "denormals flushed to zero", "evaluation batch 64, LoRA not merged (before)"]
 
 
-def measure_rates(kinds: list[str], threads: int) -> dict:
-    """The matrix-product rate of each kind ("fp32", "bf16") now, in GFLOP/s."""
+def measure_rates(kinds: list[str], threads: int, n: int = 2048) -> dict:
+    """The matrix-product rate of each kind ("fp32", "bf16") now, in GFLOP/s, on n x n products."""
     from peft_helpers.hardware import matmul_gflops
 
-    return {kind: matmul_gflops(threads, **({} if kind == "fp32" else {"dtype": "bfloat16"})) for kind in kinds}
+    return {kind: matmul_gflops(threads, n, **({} if kind == "fp32" else {"dtype": "bfloat16"})) for kind in kinds}
 
 
 def run_case(name: str, args) -> dict:
@@ -144,6 +144,10 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=list(CASES),
                         help="default: every case (with --slow-cpu, SLOW_CPU_CASES)")
     parser.add_argument("--slow-cpu", action="store_true", help="run everything on an emulated slow CPU (see above)")
+    parser.add_argument("--rate-size", type=int, default=2048,
+                        help="side of the square fp32 products the rate is measured on; each measurement takes "
+                             "about 8 s on one thread at 2048, and the tests, which check the report and not the "
+                             "rate, pass 256")
     args = parser.parse_args()
     from bench import SLOW_CPU, case_in_subprocess
 
@@ -160,15 +164,15 @@ def main() -> None:
 
     base = [sys.executable, __file__, "--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-            "--threads", str(args.threads)]
+            "--threads", str(args.threads), "--rate-size", str(args.rate_size)]
     per_token = case_in_subprocess(base[2:] + ["--case", "flops"])
 
     rates = measure_rates(["fp32"] + (["bf16"] if any(CASES[name].get("bf16") for name in args.cases) else []),
-                          args.threads)
+                          args.threads, args.rate_size)
     emulated = " on the emulated slow CPU (" + " ".join(f"{k}={os.environ[k]}" for k in SLOW_CPU) + ")" \
         if args.slow_cpu else ""
     bf16 = f", bf16 {rates['bf16']:.1f} GFLOP/s" if "bf16" in rates else ""
-    print(f"matrix products (2048^3, {args.threads} threads{emulated}): fp32 {rates['fp32']:.1f} GFLOP/s{bf16}; "
+    print(f"matrix products ({args.rate_size}^3, {args.threads} threads{emulated}): fp32 {rates['fp32']:.1f} GFLOP/s{bf16}; "
           f"FLOPs per token: training {per_token['train_flops_per_token'] / 1e6:.1f} M, evaluation "
           f"{per_token['eval_flops_per_token'] / 1e6:.1f} M (LoRA merged; "
           f"{per_token['eval_unmerged_flops_per_token'] / 1e6:.1f} M not merged)", flush=True)
@@ -176,14 +180,14 @@ def main() -> None:
     for name in args.cases:
         # The shared host's speed drifts within minutes (by a third on a bad day): each case is measured against the
         # mean of the rates just before and just after it, not only against the rate at the start.
-        before = measure_rates(list(rates), args.threads)
+        before = measure_rates(list(rates), args.threads, args.rate_size)
         proc = subprocess.run(base + ["--case", name], capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, **CASES[name].get("env", {})})  # OpenMP reads it at start-up
         if proc.returncode != 0:
             print(f"{name}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
             continue
         r = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("LEVER_RESULT")).split(" ", 1)[1])
-        after = measure_rates(list(rates), args.threads)
+        after = measure_rates(list(rates), args.threads, args.rate_size)
         case_rates = {kind: (before[kind] + after[kind]) / 2 for kind in rates}
         reference = case_rates["bf16" if CASES[name].get("bf16") else "fp32"]
         train_gflops = per_token["train_flops_per_token"] * r["train_tokens"] / r["train_seconds"] / 1e9
@@ -211,7 +215,8 @@ def main() -> None:
         print(f"| {row['case']} | {row['fp32_gflops_around_case']:.1f} | {row['train_examples_per_s']:.1f} | "
               f"{row['train_gflops']:.0f} | {row['train_mfu_fp32']:.3f} | {row['eval_examples_per_s']:.1f} | {row['eval_gflops']:.0f} | "
               f"{row['eval_mfu_fp32']:.3f} | {row['accuracy']:.4f} |")
-    print(json.dumps({"rates_gflops": rates, "flops_per_token": per_token, "slow_cpu": SLOW_CPU if args.slow_cpu else None,
+    print(json.dumps({"rates_gflops": rates, "rate_size": args.rate_size, "flops_per_token": per_token,
+                      "slow_cpu": SLOW_CPU if args.slow_cpu else None,
                       "rows": rows}))
 
 

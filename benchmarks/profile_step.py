@@ -89,6 +89,9 @@ def main() -> None:
                              "fp32: it is measured at 'highest')")
     parser.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
+    parser.add_argument("--rate-size", type=int, default=2048,
+                        help="side of the square fp32 products the rate is measured on, as in levers.py (the tests "
+                             "pass 256)")
     args = parser.parse_args()
 
     from bench import _setup
@@ -145,7 +148,7 @@ def main() -> None:
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
     torch.set_float32_matmul_precision("highest")
-    reference = matmul_gflops(args.threads)
+    reference = matmul_gflops(args.threads, args.rate_size)
     achieved = flops / (matmul / 1e6) / 1e9  # self times are in microseconds
     variant = "".join([", compiled" if args.compile else "",
                        f", fp32 matmul precision {args.matmul_precision}" if args.matmul_precision != "highest" else "",
@@ -153,7 +156,7 @@ def main() -> None:
     print(f"dropout {'off' if args.no_dropout else 'on (0.1)'}{variant}: first {warm} "
           f"steps {warm_seconds:.1f} s, then {rate:.1f} training examples/s; matrix products (mm, addmm, bmm) "
           f"{matmul / total:.1%} of the profiled time, running at {achieved:.0f} GFLOP/s = {achieved / reference:.2f} "
-          f"of the fp32 rate of 2048^3 products ({reference:.0f} GFLOP/s)")
+          f"of the fp32 rate of {args.rate_size}^3 products ({reference:.0f} GFLOP/s)")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
         print(f"  {e.key[:60]:60s} {e.self_cpu_time_total / total:6.1%}  {e.count:6d} calls")
     torch.set_float32_matmul_precision(args.matmul_precision)  # replayed as the step ran them
@@ -161,7 +164,7 @@ def main() -> None:
     torch.set_float32_matmul_precision("highest")
     print(f"the same products alone (each of the {len(products.calls)} shapes and layouts timed by itself, "
           f"{sum(products.calls.values())} calls): {product_flops / alone_seconds / 1e9:.0f} GFLOP/s = "
-          f"{product_flops / alone_seconds / 1e9 / reference:.2f} of the 2048^3 rate; {alone_seconds:.2f} s, against "
+          f"{product_flops / alone_seconds / 1e9 / reference:.2f} of the {args.rate_size}^3 rate; {alone_seconds:.2f} s, against "
           f"{matmul / 1e6:.2f} s inside the profiled steps")
 
 

@@ -66,7 +66,7 @@ def test_flop_counts_and_matmul_rate_on_a_tiny_model(tiny_gpt2, rt_dir, tmp_path
     bench = _load("bench")
     assert bench.matmul_gflops(threads=1, n=64, repeats=2) > 0
     args = SimpleNamespace(model=str(tiny_gpt2), data_dir=str(rt_dir), train_size=64, eval_size=32, batch_size=8,
-                           max_length=64, threads=1, case="flops")
+                           max_length=64, threads=1, rate_size=256, case="flops")
     counts = bench.run_case(args)
     # a training step (forward + backward) costs about three forwards; LoRA's frozen weights skip their weight
     # gradients, so somewhat less
@@ -108,7 +108,8 @@ def test_demo_time_estimate_splits_the_matrix_products_from_the_rest():
 
 def test_profile_step_reports_rate_matrix_product_share_top_operators_and_the_products_alone(tiny_gpt2, rt_dir):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--model", str(tiny_gpt2),
-                           "--data-dir", str(rt_dir), "--threads", "1", "--no-dropout", "--rows", "100"],
+                           "--data-dir", str(rt_dir), "--threads", "1", "--no-dropout", "--rows", "100",
+                           "--rate-size", "256"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
@@ -121,7 +122,7 @@ def test_profile_step_reports_rate_matrix_product_share_top_operators_and_the_pr
     rows = lines[header + 1:last]
     assert len(rows) >= 5 and all(re.search(r"\d+\.\d%\s+\d+ calls$", row) for row in rows), rows
     alone = re.search(r"^the same products alone \(each of the (\d+) shapes and layouts timed by itself, (\d+) calls\): "
-                      r"(\d+) GFLOP/s = ([\d.]+) of the 2048\^3 rate; ([\d.]+) s, against ([\d.]+) s", lines[last])
+                      r"(\d+) GFLOP/s = ([\d.]+) of the 256\^3 rate; ([\d.]+) s, against ([\d.]+) s", lines[last])
     assert alone, lines[last]
     # every product the profiler saw in the 20 steps (all operators are listed here) was recorded and replayed
     profiled = sum(int(re.search(r"(\d+) calls$", row)[1]) for row in rows if re.match(r"\s+aten::(mm|addmm|bmm)\s", row))
@@ -160,7 +161,8 @@ def test_levers_compiled_and_unmerged_evaluation_match_eager_and_report_their_co
     cases = ["evaluation batch 64", "compiled evaluation (inductor, frozen weights), batch 64",
              "OpenMP threads spin (OMP_WAIT_POLICY=ACTIVE)", "evaluation batch 64, LoRA not merged (before)"]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--model", str(tiny_gpt2),
-                           "--data-dir", str(rt_dir), "--train-size", "64", "--threads", "1", "--cases", *cases],
+                           "--data-dir", str(rt_dir), "--train-size", "64", "--threads", "1", "--rate-size", "256",
+                           "--cases", *cases],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -193,11 +195,13 @@ def test_levers_slow_cpu_runs_its_cases_on_the_emulated_cpu(tiny_gpt2, rt_dir):
     cases = ["evaluation batch 64", "evaluation batch 128"]
     env = {key: value for key, value in os.environ.items() if key not in _load("bench").SLOW_CPU}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--model", str(tiny_gpt2),
-                           "--data-dir", str(rt_dir), "--train-size", "64", "--slow-cpu", "--cases", *cases],
+                           "--data-dir", str(rt_dir), "--train-size", "64", "--slow-cpu", "--rate-size", "256",
+                           "--cases", *cases],
                           capture_output=True, text=True, timeout=900, env={**env, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["slow_cpu"] == _load("bench").SLOW_CPU and list(report["rates_gflops"]) == ["fp32"]
+    assert report["rate_size"] == 256 and "matrix products (256^3, 1 threads on the emulated" in proc.stdout
     assert "on the emulated slow CPU (OMP_NUM_THREADS=1 " in proc.stdout
     assert [row["case"] for row in report["rows"]] == cases
     for row in report["rows"]:
@@ -219,11 +223,12 @@ def test_eval_merge_times_merged_and_unmerged_evaluation_in_alternating_pairs(ti
     """eval_merge.py: the same predictions merged and not, the passes alternate in order round by round, and the
     merged forward counts fewer FLOPs (the adapters' products are gone)."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_merge.py"), "--model", str(tiny_gpt2),
-                           "--data-dir", str(rt_dir), "--train-size", "16", "--rounds", "2", "--threads", "1"],
+                           "--data-dir", str(rt_dir), "--train-size", "16", "--rounds", "2", "--threads", "1",
+                           "--rate-size", "256"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["same_predictions"] and report["max_logit_difference"] < 1e-5
+    assert report["same_predictions"] and report["max_logit_difference"] < 1e-5 and report["rate_size"] == 256
     assert [p["mode"] for p in report["passes"]] == ["merged", "unmerged", "unmerged", "merged"]
     assert all(p["seconds"] > 0 and p["rate"] > 0 for p in report["passes"])
     per_token = report["flops_per_token"]
