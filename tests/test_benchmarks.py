@@ -234,3 +234,24 @@ def test_eval_merge_times_merged_and_unmerged_evaluation_in_alternating_pairs(ti
     per_token = report["flops_per_token"]
     assert per_token["eval_flops_per_token"] < per_token["eval_unmerged_flops_per_token"]
     assert report["examples"] == 1066 and "merged over unmerged, per round" in proc.stdout
+
+
+def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cannot(tiny_gpt2, rt_dir):
+    """attention.py: both kernels really run (the profiler sees SDPA in one and not in the other), the same
+    predictions, the order alternating by round; on a transformers that fixes the attention at load, one line and
+    exit status 2 instead of timing one kernel twice."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"), "--model", str(tiny_gpt2),
+                           "--data-dir", str(rt_dir), "--train-size", "160", "--rounds", "2", "--steps", "2",
+                           "--threads", "1", "--rate-size", "256"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode == 2:  # transformers < 4.48: GPT-2's attention class is chosen when the model loads
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: this transformers version fixes the attention")
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any("scaled_dot_product" in k for k in report["kernels"]["sdpa"])
+    assert not any("scaled_dot_product" in k for k in report["kernels"]["eager"])
+    assert report["same_predictions"] and report["max_logit_difference"] < 1e-4
+    for part in ("train", "evaluation"):
+        assert [p["mode"] for p in report[part]] == ["sdpa", "eager", "eager", "sdpa"], part
+    assert report["train_eager_over_sdpa"] > 0 and 0 < report["eval_mfu_sdpa"] and report["rate_size"] == 256
