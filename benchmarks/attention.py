@@ -41,24 +41,18 @@ def attention_kernels(model, batch) -> set[str]:
 def measure(args) -> dict:
     import numpy as np
     import torch
-    from bench import _setup, _token_counter, count_flops
-    from transformers import DataCollatorWithPadding
+    from bench import _setup, _token_counter, count_flops, training_batches
 
     from peft_helpers.errors import UserError
     from peft_helpers.evaluation import predict_logits
     from peft_helpers.hardware import matmul_gflops
-    from peft_helpers.training import SeededLengthGroupedSampler
 
     torch.set_num_threads(args.threads)
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=None,
                                batch_size=16, max_length=128, case="attention")
     cfg, model, tokenizer, data = _setup(setup, model_dropout=0.0, dropout=0.0)
     config = model.get_base_model().config
-    collator = DataCollatorWithPadding(tokenizer)
-    rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
-    order = list(SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed))
-    batches = [{("labels" if k == "label" else k): v for k, v in collator([rows[i] for i in order[s:s + 16]]).items()}
-               for s in range(0, len(order), 16)]
+    batches = training_batches(cfg, tokenizer, data)
     kernels = {}
     for mode in MODES:
         config._attn_implementation = mode

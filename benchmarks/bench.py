@@ -66,6 +66,21 @@ def _setup(args, padding: str | None = None, **settings):
     return cfg, create_lora_model(model, cfg), tokenizer, encoded
 
 
+def training_batches(cfg, tokenizer, data) -> list[dict]:
+    """One epoch's training batches in the order the Trainer draws them (SeededLengthGroupedSampler), padded by
+    DataCollatorWithPadding, with "labels" as the model's forward names them: the input of the bare loops
+    (case_bare, profile_step.py, attention.py)."""
+    from transformers import DataCollatorWithPadding
+
+    from peft_helpers.training import SeededLengthGroupedSampler
+
+    collator = DataCollatorWithPadding(tokenizer)
+    rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
+    order = list(SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed))
+    batches = [collator([rows[i] for i in order[s : s + cfg.batch_size]]) for s in range(0, len(order), cfg.batch_size)]
+    return [{("labels" if k == "label" else k): v for k, v in batch.items()} for batch in batches]
+
+
 def _token_counter(model):
     """Counts real and processed (padded) tokens of every forward pass."""
     counts = {"train_real": 0, "train_total": 0, "eval_real": 0, "eval_total": 0}
@@ -111,15 +126,10 @@ def case_bare(args) -> dict:
     from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
     from peft_helpers.evaluation import lora_merged
-    from peft_helpers.training import SeededLengthGroupedSampler
 
     cfg, model, tokenizer, data = _setup(args)
     collator = DataCollatorWithPadding(tokenizer)
-    train_rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
-    sampler = SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed)
-    train_order = list(sampler)
-    batches = [collator([train_rows[i] for i in train_order[s : s + cfg.batch_size]])
-               for s in range(0, len(train_order), cfg.batch_size)]
+    batches = training_batches(cfg, tokenizer, data)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and "bias" not in n and "LayerNorm" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and ("bias" in n or "LayerNorm" in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
@@ -130,7 +140,6 @@ def case_bare(args) -> dict:
     model.train()
     start = time.perf_counter()
     for batch in batches:
-        batch = {("labels" if k == "label" else k): v for k, v in batch.items()}
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -152,7 +161,7 @@ def case_bare(args) -> dict:
     eval_seconds = time.perf_counter() - start
     predictions = np.empty(len(order), dtype=int)
     predictions[order] = logits.argmax(-1).numpy()
-    return {"train_seconds": train_seconds, "train_examples": len(train_order), "eval_seconds": eval_seconds,
+    return {"train_seconds": train_seconds, "train_examples": len(data["train"]), "eval_seconds": eval_seconds,
             "eval_examples": len(test), "accuracy": float((predictions == np.array(test["label"])).mean())}
 
 

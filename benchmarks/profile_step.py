@@ -94,13 +94,11 @@ def main() -> None:
                              "pass 256)")
     args = parser.parse_args()
 
-    from bench import _setup
+    from bench import _setup, training_batches
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import DataCollatorWithPadding
 
     from peft_helpers.hardware import matmul_gflops
-    from peft_helpers.training import SeededLengthGroupedSampler
 
     torch.set_num_threads(args.threads)
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=2048, eval_size=None,
@@ -108,11 +106,7 @@ def main() -> None:
     settings = {"model_dropout": 0.0, "dropout": 0.0} if args.no_dropout else {}
     cfg, model, tokenizer, data = _setup(setup, **settings)
     model.get_base_model().config._attn_implementation = args.attention
-    collator = DataCollatorWithPadding(tokenizer)
-    rows = data["train"].select_columns(["input_ids", "attention_mask", "label"])
-    order = list(SeededLengthGroupedSampler(cfg.batch_size, data["train"]["length"], cfg.seed))
-    batches = [collator([rows[i] for i in order[s : s + cfg.batch_size]]) for s in range(0, len(order), cfg.batch_size)]
-    batches = [{("labels" if k == "label" else k): v for k, v in b.items()} for b in batches]
+    batches = training_batches(cfg, tokenizer, data)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     forward = torch.compile(model, dynamic=True) if args.compile else model
     model.train()
