@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +40,10 @@ def attention_kernels(model, batch) -> set[str]:
 def measure(args) -> dict:
     import numpy as np
     import torch
-    from bench import _setup, _token_counter, count_flops, training_batches
+    from bench import _setup, _token_counter, alternating_passes, count_flops, training_batches
 
     from peft_helpers.errors import UserError
     from peft_helpers.evaluation import predict_logits
-    from peft_helpers.hardware import matmul_gflops
 
     torch.set_num_threads(args.threads)
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=None,
@@ -70,19 +68,19 @@ def measure(args) -> dict:
 
     for batch in batches[:5]:  # warm-up: thread pool, allocator, kernel choices
         step(batch)
-    train = []
-    for round_ in range(args.rounds):
-        block = batches[5 + round_ * args.steps : 5 + (round_ + 1) * args.steps]
-        if not block:
-            raise UserError(f"--train-size {args.train_size} holds too few batches for {args.rounds} rounds of "
-                            f"{args.steps} steps: lower --rounds or --steps.")
-        for mode in MODES if round_ % 2 == 0 else MODES[::-1]:
-            config._attn_implementation = mode
-            start = time.perf_counter()
-            for batch in block:
-                step(batch)
-            train.append({"round": round_, "mode": mode,
-                          "examples_per_s": sum(len(b["labels"]) for b in block) / (time.perf_counter() - start)})
+    blocks = [batches[5 + r * args.steps : 5 + (r + 1) * args.steps] for r in range(args.rounds)]
+    if not blocks[-1]:
+        raise UserError(f"--train-size {args.train_size} holds too few batches for {args.rounds} rounds of "
+                        f"{args.steps} steps: lower --rounds or --steps.")
+
+    def train_pass(round_, mode):
+        config._attn_implementation = mode
+        for batch in blocks[round_]:
+            step(batch)
+
+    train = alternating_passes(args.rounds, MODES, train_pass)
+    for p in train:
+        p["examples_per_s"] = sum(len(b["labels"]) for b in blocks[p["round"]]) / p["seconds"]
 
     per_token = count_flops(cfg, model, tokenizer, data)["eval_flops_per_token"]
     test, counts = data["test"], _token_counter(model)
@@ -91,17 +89,14 @@ def measure(args) -> dict:
         config._attn_implementation = mode
         logits[mode] = predict_logits(model, tokenizer, test, args.eval_batch_size)
     tokens = counts["eval_total"] // 2
-    evaluation = []
-    for round_ in range(args.rounds):
-        for mode in MODES if round_ % 2 == 0 else MODES[::-1]:
-            config._attn_implementation = mode
-            before = matmul_gflops(args.threads, args.rate_size)
-            start = time.perf_counter()
-            predict_logits(model, tokenizer, test, args.eval_batch_size)
-            seconds = time.perf_counter() - start
-            rate = (before + matmul_gflops(args.threads, args.rate_size)) / 2
-            evaluation.append({"round": round_, "mode": mode, "seconds": seconds, "rate": rate,
-                               "mfu": per_token * tokens / seconds / 1e9 / rate})
+
+    def eval_pass(round_, mode):
+        config._attn_implementation = mode
+        predict_logits(model, tokenizer, test, args.eval_batch_size)
+
+    evaluation = alternating_passes(args.rounds, MODES, eval_pass, args.threads, args.rate_size)
+    for p in evaluation:
+        p["mfu"] = per_token * tokens / p["seconds"] / 1e9 / p["rate"]
     config._attn_implementation = "sdpa"
     return {"train": train, "evaluation": evaluation, "kernels": {m: sorted(k) for m, k in kernels.items()},
             "eval_flops_per_token": per_token, "rate_size": args.rate_size,

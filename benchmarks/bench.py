@@ -81,6 +81,23 @@ def training_batches(cfg, tokenizer, data) -> list[dict]:
     return [{("labels" if k == "label" else k): v for k, v in batch.items()} for batch in batches]
 
 
+def alternating_passes(rounds: int, modes: tuple[str, str], run_pass, threads: int | None = None,
+                       rate_size: int = 2048) -> list[dict]:
+    """Time `run_pass(round, mode)` once per mode and round, the order alternating by round (a, b; b, a; ...) so
+    that the shared host's drift falls on both; with `threads`, each pass also gets the fp32 matrix-product rate
+    measured just before and just after it (their mean). Returns [{"round", "mode", "seconds"[, "rate"]}]."""
+    passes = []
+    for round_ in range(rounds):
+        for mode in modes if round_ % 2 == 0 else modes[::-1]:
+            before = matmul_gflops(threads, rate_size) if threads else None
+            start = time.perf_counter()
+            run_pass(round_, mode)
+            passes.append({"round": round_, "mode": mode, "seconds": time.perf_counter() - start})
+            if threads:
+                passes[-1]["rate"] = (before + matmul_gflops(threads, rate_size)) / 2
+    return passes
+
+
 def _token_counter(model):
     """Counts real and processed (padded) tokens of every forward pass."""
     counts = {"train_real": 0, "train_total": 0, "eval_real": 0, "eval_total": 0}

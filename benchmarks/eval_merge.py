@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +33,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def measure(args) -> dict:
     import numpy as np
     import torch
-    from bench import _setup, _token_counter, count_flops
+    from bench import _setup, _token_counter, alternating_passes, count_flops
 
     import peft_helpers.evaluation as evaluation
-    from peft_helpers.hardware import matmul_gflops
 
     torch.set_num_threads(args.threads)
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=None,
@@ -59,19 +57,14 @@ def measure(args) -> dict:
         evaluation.lora_merged = context
         logits[mode] = evaluation.predict_logits(model, tokenizer, test, args.eval_batch_size)
     tokens = counts["eval_total"] // 2
-    passes = []
-    for round_ in range(args.rounds):
-        for mode in (("merged", "unmerged") if round_ % 2 == 0 else ("unmerged", "merged")):
-            context, flops = modes[mode]
-            evaluation.lora_merged = context
-            before = matmul_gflops(args.threads, args.rate_size)
-            start = time.perf_counter()
-            evaluation.predict_logits(model, tokenizer, test, args.eval_batch_size)
-            seconds = time.perf_counter() - start
-            rate = (before + matmul_gflops(args.threads, args.rate_size)) / 2
-            passes.append({"round": round_, "mode": mode, "seconds": seconds, "examples_per_s": len(test) / seconds,
-                           "gflops": flops * tokens / seconds / 1e9, "rate": rate,
-                           "mfu": flops * tokens / seconds / 1e9 / rate})
+    def run_pass(round_, mode):
+        evaluation.lora_merged = modes[mode][0]
+        evaluation.predict_logits(model, tokenizer, test, args.eval_batch_size)
+
+    passes = alternating_passes(args.rounds, ("merged", "unmerged"), run_pass, args.threads, args.rate_size)
+    for p in passes:
+        gflops = modes[p["mode"]][1] * tokens / p["seconds"] / 1e9
+        p.update(examples_per_s=len(test) / p["seconds"], gflops=gflops, mfu=gflops / p["rate"])
     evaluation.lora_merged = merge
     return {"passes": passes, "rate_size": args.rate_size, "flops_per_token": per_token, "tokens": tokens, "examples": len(test),
             "max_logit_difference": float(np.abs(logits["merged"] - logits["unmerged"]).max()),
