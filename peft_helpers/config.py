@@ -147,6 +147,13 @@ class RunConfig:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement (needs metric_for_best)."}
     )
+    attention: str = field(
+        default="auto",
+        metadata={"help": "auto (the model's own: PyTorch's scaled_dot_product_attention where transformers has it), "
+                          "sdpa or eager (transformers' plain matrix products): the attention of the model the run "
+                          "loads and trains. On a CPU, eager trained MiniLM 1.085x faster (BENCHMARKS.md, "
+                          "\"SDPA or eager attention\"); on a GPU, SDPA's fused kernels are faster."},
+    )
     compile: bool = field(
         default=False,
         metadata={"help": "torch.compile the model for training (the Trainer's torch_compile); where torch.compile "
@@ -196,6 +203,8 @@ class RunConfig:
         check_options(self.method, {k: getattr(self, k) for k in METHOD_OPTIONS})
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"precision={self.precision!r} is invalid: use auto, fp32, bf16 or fp16.")
+        if self.attention not in ("auto", "sdpa", "eager"):
+            raise UserError(f"attention={self.attention!r} is invalid: use auto, sdpa or eager.")
         if self.eval_precision not in ("fp32", "bf16"):
             raise UserError(f"eval_precision={self.eval_precision!r} is invalid: use fp32 or bf16.")
         if self.precision in ("bf16", "fp16") or self.eval_precision == "bf16":

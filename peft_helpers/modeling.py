@@ -102,15 +102,18 @@ def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def load_model(
     model: str, label_names: list[str], seed: int = 42, max_length: int | None = None, device: str | None = None,
-    quantize_4bit: bool = False,
+    quantize_4bit: bool = False, attention: str = "auto",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A pretrained model with a freshly initialised (seeded) classification head for `label_names`, and its
-    tokenizer with a pad token. Never runs remote code. `quantize_4bit`: the base in NF4 (QLoRA; CUDA only)."""
+    tokenizer with a pad token. Never runs remote code. `quantize_4bit`: the base in NF4 (QLoRA; CUDA only).
+    `attention`: "auto" (the model's default) or an attn_implementation for transformers, "sdpa" or "eager"."""
     load_config(model)  # clear errors before any weights are read
     tokenizer = load_tokenizer(model)
     set_seed(seed)  # the new head's initial weights
     id2label = dict(enumerate(label_names))
     extra = quantization_kwargs() if quantize_4bit else dtype_kwarg(torch.float32)
+    if attention != "auto":  # chosen when the model loads: transformers 4.46 fixes the attention modules there
+        extra["attn_implementation"] = attention
     net = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(model),
         num_labels=len(label_names),

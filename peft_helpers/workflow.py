@@ -122,7 +122,7 @@ def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     data = load_run_data(cfg)
     names = label_names(data)
     model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device,
-                                  quantize_4bit=cfg.method == "qlora")
+                                  quantize_4bit=cfg.method == "qlora", attention=cfg.attention)
     set_model_dropout(model, cfg.model_dropout)
     set_padding_side(tokenizer, model, cfg.method)
     return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length, cfg.truncation), model, tokenizer, names)
@@ -143,7 +143,8 @@ def describe(p: Prepared) -> None:
           + (f", {options}" if options else "")
           + ("" if cfg.num_virtual_tokens else f", target_modules={cfg.target_modules or 'default'}")
           + ("" if cfg.layers is None else f", layers={cfg.layers}")
-          + ("" if cfg.model_dropout is None else f", model_dropout={cfg.model_dropout:g}"))
+          + ("" if cfg.model_dropout is None else f", model_dropout={cfg.model_dropout:g}")
+          + ("" if cfg.attention == "auto" else f", attention={cfg.attention}"))
 
 
 def training_record(trainer: Trainer) -> dict:

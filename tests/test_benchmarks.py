@@ -255,3 +255,24 @@ def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cann
     for part in ("train", "evaluation"):
         assert [p["mode"] for p in report[part]] == ["sdpa", "eager", "eager", "sdpa"], part
     assert report["train_eager_over_sdpa"] > 0 and 0 < report["eval_mfu_sdpa"] and report["rate_size"] == 256
+
+
+def test_demo_variants_runs_the_demos_settings_with_each_value_in_alternating_order(tiny_gpt2, rt_dir, tmp_path):
+    """demo_variants.py: `run` with the offline demo's settings (2 epochs, dropout off, no validation) plus the
+    option under test, in fresh processes, a, b then b, a, each with the rate measured around it."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_variants.py"), "--option", "attention",
+                           "--values", "eager", "sdpa", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir),
+                           "--threads", "1", "--rate-size", "256", "--workdir", str(tmp_path),
+                           "--train-size", "32", "--eval-size", "16"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1].split(" ", 1)[1])
+    assert [(p["round"], p["mode"]) for p in report["passes"]] == [(0, "eager"), (0, "sdpa"), (1, "sdpa"), (1, "eager")]
+    for p in report["passes"]:
+        assert p["rate"] > 0 and 0 < p["train_seconds"] < p["seconds"]
+        assert p["train_examples_per_s_per_gflops"] == pytest.approx(p["train_examples_per_s"] / p["rate"])
+        config = json.loads((tmp_path / f"attention-{p['mode']}-{p['round']}.json").read_text())["config"]
+        assert (config["attention"], config["model"], config["train_size"]) == (p["mode"], str(tiny_gpt2), 32)
+        assert (config["epochs"], config["model_dropout"], config["dropout"], config["validation"]) == (2.0, 0.0, 0.0, False)
+    assert set(report["medians"]) == {"eager", "sdpa"} and report["rate_size"] == 256
+    assert "eager over sdpa, training examples/s per GFLOP/s: " in proc.stdout

@@ -143,6 +143,34 @@ def test_run_config_model_dropout_reaches_the_prepared_model(tiny_gpt2, rt_dir):
         RunConfig(model="x", model_dropout=1.5)
 
 
+def _attention_operators(model, batch) -> set[str]:
+    from torch.profiler import profile
+
+    with torch.inference_mode(), profile() as prof:
+        model(**batch)
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_run_config_attention_chooses_the_kernel_the_prepared_model_runs_with_the_same_logits(attention, tiny_gpt2,
+                                                                                              rt_dir):
+    from peft_helpers.workflow import prepare
+
+    settings = {"model": str(tiny_gpt2), "data_dir": str(rt_dir), "train_size": 32, "eval_size": 16}
+    chosen = prepare(RunConfig(**settings, attention=attention), device="cpu")
+    default = prepare(RunConfig(**settings), device="cpu")  # auto: the model's own, SDPA for GPT-2
+    assert (chosen.model.config._attn_implementation, default.model.config._attn_implementation) == (attention, "sdpa")
+    texts = list(chosen.data["test"]["text"][:4])  # of different lengths: padded rows, the attention mask matters
+    batch = chosen.tokenizer(texts, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()
+    assert bool(_attention_operators(chosen.model, batch)) == (attention == "sdpa")  # the kernel really switched
+    with torch.no_grad():
+        torch.testing.assert_close(chosen.model.eval()(**batch).logits, default.model.eval()(**batch).logits,
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match=r"attention='flash' is invalid: use auto, sdpa or eager"):
+        RunConfig(model="x", attention="flash")
+
+
 def _training_step_flops(model, ids) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
