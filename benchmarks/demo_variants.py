@@ -1,14 +1,16 @@
 """The offline demo's run (MiniLM on the full local Rotten Tomatoes, the demo's settings: 2 epochs, dropout off, no
 validation pass) with one setting changed, in alternating pairs, to decide whether a lever belongs in the demo:
 
-    python benchmarks/demo_variants.py --option attention --values eager sdpa    # 4 runs, about 14 minutes here
+    python benchmarks/demo_variants.py --option attention --values eager sdpa    # 4 runs, about 15 minutes here
     python benchmarks/demo_variants.py --option precision --values bf16 fp32
 
 Each round runs `python -m peft_helpers run` with the demo's settings plus `--OPTION VALUE`, once per value, each in
 a fresh process, the order alternating by round (a, b; b, a) so that the shared host's drift falls on both, and
 each between two measurements of the fp32 matrix-product rate (this host's rate moves by 20% within minutes). It
 prints each run's training seconds, its training examples/s per GFLOP/s of that rate (the drift divided out), and
-its accuracy, then per value the medians. Further arguments go to `run` (the tests pass a tiny model and subsets).
+its accuracy; then per value the medians, and the first value's training examples/s over the second's round by
+round (two adjacent runs: the steadier comparison when the rate measured around a run moves more than the run).
+Further arguments go to `run` (the tests pass a tiny model and subsets).
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ def summary(passes: list[dict], values: list[str]) -> dict:
     return out
 
 
+def per_round_ratios(passes: list[dict], values: list[str]) -> list[float]:
+    """The first value's training examples/s over the second's, round by round: two adjacent runs, the more robust
+    comparison where the rate measured around a run moves more than the run itself."""
+    by = {value: [p["train_examples_per_s"] for p in passes if p["mode"] == value] for value in values}
+    return [a / b for a, b in zip(by[values[0]], by[values[1]])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--option", required=True, help="a `run` option, e.g. attention or precision")
@@ -104,10 +113,13 @@ def main() -> None:
         print(f"median {value}: training {m['train_seconds']:.1f} s, {m['train_examples_per_s_per_gflops']:.3f} "
               f"examples/s per GFLOP/s, accuracy {m['accuracy']:.2%}")
     a, b = args.values
-    print(f"{a} over {b}, training examples/s per GFLOP/s: "
-          f"{medians[a]['train_examples_per_s_per_gflops'] / medians[b]['train_examples_per_s_per_gflops']:.3f}x")
+    ratios = per_round_ratios(passes, args.values)
+    print(f"{a} over {b}, training examples/s per round: {', '.join(f'{r:.3f}' for r in ratios)}x; median "
+          f"{statistics.median(ratios):.3f}x (medians per GFLOP/s: "
+          f"{medians[a]['train_examples_per_s_per_gflops'] / medians[b]['train_examples_per_s_per_gflops']:.3f}x)")
     print("DEMO_VARIANTS " + json.dumps({"option": args.option, "values": args.values, "passes": passes,
-                                         "medians": medians, "rate_size": args.rate_size, "threads": args.threads}))
+                                         "medians": medians, "per_round_ratios": ratios,
+                                         "rate_size": args.rate_size, "threads": args.threads}))
 
 
 if __name__ == "__main__":

@@ -151,8 +151,8 @@ class RunConfig:
         default="auto",
         metadata={"help": "auto (the model's own: PyTorch's scaled_dot_product_attention where transformers has it), "
                           "sdpa or eager (transformers' plain matrix products): the attention of the model the run "
-                          "loads and trains. On a CPU, eager trained MiniLM 1.085x faster (BENCHMARKS.md, "
-                          "\"SDPA or eager attention\"); on a GPU, SDPA's fused kernels are faster."},
+                          "loads and trains. On a CPU, MiniLM's bare training step ran 1.085x faster with eager, the demo's "
+                          "Trainer run not measurably (BENCHMARKS.md, \"SDPA or eager attention\")."},
     )
     compile: bool = field(
         default=False,
@@ -287,10 +287,11 @@ class RunConfig:
     def run_identity(self) -> dict:
         """The settings that define what a training run computes: a checkpoint may only be resumed by a run
         with the same ones (where checkpoints and the adapter go, how many texts evaluation batches hold, in what
-        precision evaluation runs and whether validation is watched do not matter)."""
+        precision evaluation runs, whether validation is watched and which kernel computes the attention do not
+        matter)."""
         return {k: v for k, v in self.to_dict().items()
                 if k not in ("output_dir", "checkpoint_dir", "save_steps", "eval_batch_size", "validation",
-                             "eval_precision")}
+                             "eval_precision", "attention")}
 
 
 # eval_batch_size left at None is this many times batch_size: a forward pass without the activations a backward pass

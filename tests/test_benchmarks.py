@@ -275,4 +275,6 @@ def test_demo_variants_runs_the_demos_settings_with_each_value_in_alternating_or
         assert (config["attention"], config["model"], config["train_size"]) == (p["mode"], str(tiny_gpt2), 32)
         assert (config["epochs"], config["model_dropout"], config["dropout"], config["validation"]) == (2.0, 0.0, 0.0, False)
     assert set(report["medians"]) == {"eager", "sdpa"} and report["rate_size"] == 256
-    assert "eager over sdpa, training examples/s per GFLOP/s: " in proc.stdout
+    speed = {(p["round"], p["mode"]): p["train_examples_per_s"] for p in report["passes"]}
+    assert report["per_round_ratios"] == pytest.approx([speed[r, "eager"] / speed[r, "sdpa"] for r in (0, 1)])
+    assert "eager over sdpa, training examples/s per round: " in proc.stdout

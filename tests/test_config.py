@@ -76,3 +76,12 @@ def test_validation_and_evaluation_precision_are_not_part_of_a_runs_identity(mon
     assert (RunConfig().validation, RunConfig().eval_precision) == (True, "fp32")
     assert RunConfig(validation=False).run_identity() == RunConfig().run_identity()
     assert RunConfig(eval_precision="bf16").run_identity() == RunConfig().run_identity()
+
+
+def test_the_attention_kernel_is_not_part_of_a_runs_identity():
+    # eager and SDPA compute the same attention (logits within 1e-5: test_modeling.py::
+    # test_run_config_attention_chooses_the_kernel_the_prepared_model_runs_with_the_same_logits), so a checkpoint
+    # resumes with either, and one written before the setting existed resumes with its default
+    assert RunConfig().attention == "auto"
+    assert RunConfig(attention="eager").run_identity() == RunConfig(attention="sdpa").run_identity() == RunConfig().run_identity()
+    assert "attention" not in RunConfig().run_identity()
