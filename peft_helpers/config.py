@@ -154,6 +154,14 @@ class RunConfig:
                           "loads and trains. On a CPU, MiniLM's bare training step ran 1.085x faster with eager, the demo's "
                           "Trainer run not measurably (BENCHMARKS.md, \"SDPA or eager attention\")."},
     )
+    last_layer: str = field(
+        default="head-token",
+        metadata={"help": "head-token or all-tokens: head-token computes the last encoder layer for the one token the "
+                          "classifier reads (BERT's [CLS]; keys and values still see every token), the same logits and "
+                          "gradients for about 14 in 100 of MiniLM's products fewer; all-tokens computes every position "
+                          "as transformers does. Models other than BERT-type classifiers always compute every "
+                          "position (head_token.py)."},
+    )
     compile: bool = field(
         default=False,
         metadata={"help": "torch.compile the model for training (the Trainer's torch_compile); where torch.compile "
@@ -205,6 +213,8 @@ class RunConfig:
             raise UserError(f"precision={self.precision!r} is invalid: use auto, fp32, bf16 or fp16.")
         if self.attention not in ("auto", "sdpa", "eager"):
             raise UserError(f"attention={self.attention!r} is invalid: use auto, sdpa or eager.")
+        if self.last_layer not in ("head-token", "all-tokens"):
+            raise UserError(f"last_layer={self.last_layer!r} is invalid: use head-token or all-tokens.")
         if self.eval_precision not in ("fp32", "bf16"):
             raise UserError(f"eval_precision={self.eval_precision!r} is invalid: use fp32 or bf16.")
         if self.precision in ("bf16", "fp16") or self.eval_precision == "bf16":
@@ -287,11 +297,11 @@ class RunConfig:
     def run_identity(self) -> dict:
         """The settings that define what a training run computes: a checkpoint may only be resumed by a run
         with the same ones (where checkpoints and the adapter go, how many texts evaluation batches hold, in what
-        precision evaluation runs, whether validation is watched and which kernel computes the attention do not
-        matter)."""
+        precision evaluation runs, whether validation is watched, which kernel computes the attention and whether the
+        last layer computes the head's token alone do not matter)."""
         return {k: v for k, v in self.to_dict().items()
                 if k not in ("output_dir", "checkpoint_dir", "save_steps", "eval_batch_size", "validation",
-                             "eval_precision", "attention")}
+                             "eval_precision", "attention", "last_layer")}
 
 
 # eval_batch_size left at None is this many times batch_size: a forward pass without the activations a backward pass

@@ -19,6 +19,7 @@ from . import distributed
 from .config import RunConfig
 from .data import label_balance, label_names, load_run_data, tokenize, truncation_summary
 from .evaluation import EvalResult, check_reload, evaluate
+from .head_token import compute_head_token_only, uses_head_token_only
 from .metrics import per_class_metrics
 from .modeling import (
     ParameterCount,
@@ -124,6 +125,8 @@ def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device,
                                   quantize_4bit=cfg.method == "qlora", attention=cfg.attention)
     set_model_dropout(model, cfg.model_dropout)
+    if cfg.last_layer == "head-token":
+        compute_head_token_only(model)
     set_padding_side(tokenizer, model, cfg.method)
     return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length, cfg.truncation), model, tokenizer, names)
 
@@ -144,7 +147,8 @@ def describe(p: Prepared) -> None:
           + ("" if cfg.num_virtual_tokens else f", target_modules={cfg.target_modules or 'default'}")
           + ("" if cfg.layers is None else f", layers={cfg.layers}")
           + ("" if cfg.model_dropout is None else f", model_dropout={cfg.model_dropout:g}")
-          + ("" if cfg.attention == "auto" else f", attention={cfg.attention}"))
+          + ("" if cfg.attention == "auto" else f", attention={cfg.attention}")
+          + (", last layer: the classifier's token only" if uses_head_token_only(p.model) else ""))
 
 
 def training_record(trainer: Trainer) -> dict:
@@ -195,6 +199,8 @@ def save(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, in
 
 def reload_and_check(adapter_dir: Path, p: Prepared, in_memory: EvalResult) -> tuple[EvalResult, float]:
     """Load the saved adapter from disk as a user would and evaluate it; it must reproduce the trained model."""
+    # the reloaded model computes every position of its last layer as transformers does (no head_token), so this
+    # check also compares the short last layer the run trained and scored with against the stock one
     reloaded, reloaded_tokenizer, _ = load_adapter(adapter_dir)
     finetuned = p.evaluate_test(reloaded, "Evaluating reloaded", reloaded_tokenizer)
     return finetuned, check_reload(finetuned, in_memory)

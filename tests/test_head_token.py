@@ -1,0 +1,180 @@
+"""The last encoder layer computed for the classifier's token alone (head_token.py): the stock model's logits and
+gradients, in either attention kernel, in training and evaluation, on padded rows; the weights and saved adapter
+untouched; models it does not know left as they are."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from peft_helpers.config import RunConfig
+from peft_helpers.errors import UserError
+from peft_helpers.head_token import compute_head_token_only, last_layer, uses_head_token_only
+
+
+def _bert(attention: str, dropout: float = 0.0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout, num_labels=3, attn_implementation=attention)
+    return BertForSequenceClassification(config)
+
+
+def _lora(model):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8,
+                                                  target_modules=["query", "value"], lora_dropout=0.0))
+    for name, parameter in peft_model.named_parameters():  # LoRA's B starts at zero: give it values to check
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    return peft_model
+
+
+def _padded_batch():
+    ids = torch.randint(5, 64, (4, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    for row, length in enumerate((9, 6, 3, 7)):  # rows of different lengths: the mask matters
+        mask[row, length:] = 0
+        ids[row, length:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+
+
+def _last_layer_positions(model, batch) -> int:
+    """How many positions the last encoder layer put out in a plain forward call (the short path: 1)."""
+    seen = []
+
+    def record(module, args, output):
+        seen.append((output[0] if isinstance(output, tuple) else output).shape[1])
+
+    hook = last_layer(model).register_forward_hook(record)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_short_last_layer_gives_the_stock_logits_and_lora_gradients(attention):
+    stock = _lora(_bert(attention))
+    short = copy.deepcopy(stock)
+    assert compute_head_token_only(short) and uses_head_token_only(short) and not uses_head_token_only(stock)
+    assert type(last_layer(short)).__name__ == "HeadTokenBertLayer"
+    batch = _padded_batch()
+    assert (_last_layer_positions(short, batch), _last_layer_positions(stock, batch)) == (1, 9)
+    for model in (stock, short):
+        model.train()
+        model(**batch).loss.backward()
+    torch.testing.assert_close(short(**batch).logits, stock(**batch).logits, atol=1e-5, rtol=0)
+    trained = {name: p.grad for name, p in stock.named_parameters() if p.requires_grad}
+    assert any("lora_A" in name for name in trained) and all(g is not None for g in trained.values())
+    for name, parameter in short.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, trained[name], atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():  # and in evaluation
+        torch.testing.assert_close(short.eval()(**batch).logits, stock.eval()(**batch).logits, atol=1e-5, rtol=0)
+    assert short.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_the_short_last_layer_keeps_training_dropout_and_its_output_covers_the_classifiers_token():
+    model = _bert("sdpa", dropout=0.5)
+    stock = copy.deepcopy(model)
+    compute_head_token_only(model)
+    batch = _padded_batch()
+    model.train()
+    first, second = model(**batch).logits, model(**batch).logits
+    assert not torch.equal(first, second)  # attention and hidden dropout still draw masks while training
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, stock.eval()(**batch).logits, atol=1e-5, rtol=0)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        assert model.bert(**inputs).last_hidden_state.shape == (4, 1, 32)  # the last layer's output: [CLS] alone
+
+
+@pytest.mark.parametrize("ask", ["output_attentions", "output_hidden_states"])
+def test_a_call_asking_for_attentions_or_hidden_states_gets_the_stock_models(ask):
+    # the short layer runs the stock forward for such a call, so what it returns is the stock model's; on a deep
+    # copy of the model too (the flag is set on the copy's own layer)
+    stock = _bert("eager")
+    model = copy.deepcopy(stock)
+    compute_head_token_only(model)
+    model = copy.deepcopy(model)
+    batch = _padded_batch()
+    with torch.no_grad():
+        out = model.eval()(**batch, **{ask: True})
+        reference = stock.eval()(**batch, **{ask: True})
+    torch.testing.assert_close(out.logits, reference.logits, atol=1e-5, rtol=0)
+    maps, stock_maps = (out.attentions, reference.attentions) if ask == "output_attentions" else (
+        out.hidden_states, reference.hidden_states)
+    assert len(maps) == len(stock_maps)
+    torch.testing.assert_close(maps[-1], stock_maps[-1], atol=1e-5, rtol=0)
+
+
+def test_models_it_does_not_know_compute_every_position(tiny_gpt2):
+    from transformers import AutoModelForSequenceClassification
+
+    gpt2 = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
+    assert not compute_head_token_only(gpt2) and not uses_head_token_only(gpt2)
+    assert type(gpt2.transformer.h[-1]).__name__ == "GPT2Block"
+    relative = _bert("eager")
+    relative.config.position_embedding_type = "relative_key"  # the attention adds positions the short path lacks
+    assert not compute_head_token_only(relative)
+    assert type(last_layer(relative)).__name__ == "BertLayer"
+
+
+@pytest.mark.parametrize("last_layer_choice", ["head-token", "all-tokens"])
+def test_run_config_last_layer_chooses_whether_the_prepared_model_computes_the_head_token_alone(
+        last_layer_choice, tmp_path, rt_dir):
+    from conftest import make_tiny_bert
+
+    from peft_helpers.workflow import prepare
+
+    p = prepare(RunConfig(model=str(make_tiny_bert(tmp_path / "bert")), data_dir=str(rt_dir), train_size=32,
+                          eval_size=16, last_layer=last_layer_choice), device="cpu")
+    assert uses_head_token_only(p.model) == (last_layer_choice == "head-token")
+    assert RunConfig(last_layer=last_layer_choice).run_identity() == RunConfig().run_identity()
+    with pytest.raises(UserError, match=r"last_layer='cls' is invalid: use head-token or all-tokens"):
+        RunConfig(model="x", last_layer="cls")
+
+
+def test_a_run_with_the_short_last_layer_saves_an_adapter_the_stock_loader_scores_alike(tmp_path, in_tmp, rt_dir):
+    # the run scores the trained model with the short layer and checks the reloaded (stock) one against it;
+    # a fresh process with peft's own loader then gets the same predictions
+    from conftest import make_tiny_bert
+
+    from peft_helpers.workflow import run
+
+    bert = make_tiny_bert(tmp_path / "bert")
+    results = run(RunConfig(model=str(bert), data_dir=str(rt_dir), train_size=64, eval_size=32, epochs=1,
+                            validation=False, output_dir=str(in_tmp / "out")))
+    assert results["reload_max_logit_diff"] <= 1e-5
+    adapter = results["adapter_dir"]
+    script = (
+        "import json, sys, torch\n"
+        "from peft import AutoPeftModelForSequenceClassification\n"
+        "from transformers import AutoTokenizer\n"
+        "from peft_helpers.head_token import last_layer\n"
+        f"m = AutoPeftModelForSequenceClassification.from_pretrained({adapter!r}).eval()\n"
+        f"t = AutoTokenizer.from_pretrained({adapter!r})\n"
+        "assert type(last_layer(m)).__name__ == 'BertLayer'\n"
+        "b = t(['a good film', 'dull', 'great great film'], padding=True, return_tensors='pt')\n"
+        "with torch.no_grad(): print(json.dumps(m(**b).logits.tolist()))\n"
+    )
+    stock_logits = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    from peft_helpers.persistence import load_adapter
+
+    model, tokenizer, _ = load_adapter(adapter)
+    compute_head_token_only(model)
+    batch = tokenizer(["a good film", "dull", "great great film"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        short = model.eval()(**batch).logits
+    torch.testing.assert_close(short, torch.tensor(__import__("json").loads(stock_logits.strip().splitlines()[-1])),
+                               atol=1e-5, rtol=0)
