@@ -22,11 +22,22 @@ import torch.nn.functional as F
 # intermediate, output) and whose sequence classifier reads position 0 only (through BERT's pooler).
 SUPPORTED_MODEL_TYPES = ("bert",)
 
+# Keyword arguments transformers 5 hands down to every layer that the layer's computation does not read: the
+# Trainer's loss normaliser (num_items_in_batch, for models whose forward takes loss arguments) and the output
+# format (output_hidden_states is seen by _note_what_the_call_asks instead). Any other argument a call sets sends
+# it to the stock forward.
+IGNORED_KWARGS = ("num_items_in_batch", "return_dict", "output_hidden_states")
+
 _subclasses: dict[type, type] = {}
 
 
 def _is_unused(value) -> bool:
     return value is None or value is False or (isinstance(value, (tuple, list)) and not value)
+
+
+def _takes_the_short_path(args, kwargs) -> bool:
+    return all(_is_unused(a) for a in args) and all(
+        _is_unused(v) for k, v in kwargs.items() if k not in IGNORED_KWARGS)
 
 
 class _HeadTokenForward:
@@ -36,8 +47,7 @@ class _HeadTokenForward:
     _head_token_stock_call: bool = False  # set per call by _note_what_the_call_asks
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-        if self._head_token_stock_call or not (all(_is_unused(a) for a in args)
-                                               and all(_is_unused(v) for v in kwargs.values())):
+        if self._head_token_stock_call or not _takes_the_short_path(args, kwargs):
             return super().forward(hidden_states, attention_mask, *args, **kwargs)
         attn = self.attention.self
         batch, length, _ = hidden_states.shape

@@ -99,6 +99,28 @@ def test_the_short_last_layer_keeps_training_dropout_and_its_output_covers_the_c
         assert model.bert(**inputs).last_hidden_state.shape == (4, 1, 32)  # the last layer's output: [CLS] alone
 
 
+def test_the_trainers_steps_and_evaluation_take_the_short_path(tmp_path, rt_dir):
+    # the Trainer hands num_items_in_batch to the model, and transformers 5 passes it down to every layer: the
+    # short layer must not take that for a call it does not cover
+    from conftest import make_tiny_bert
+
+    from peft_helpers.training import prepare_checkpoints, train
+    from peft_helpers.workflow import add_adapter, prepare
+
+    cfg = RunConfig(model=str(make_tiny_bert(tmp_path / "bert")), data_dir=str(rt_dir), train_size=32, eval_size=16,
+                    epochs=1, batch_size=8, output_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "runs"))
+    p = prepare(cfg, device="cpu")
+    peft_model = add_adapter(p)
+    positions = []
+    last_layer(peft_model).register_forward_hook(
+        lambda module, args, output: positions.append((output[0] if isinstance(output, tuple) else output).shape[1]))
+    train(peft_model, p.tokenizer, p.encoded, p.cfg, prepare_checkpoints(p.cfg, fresh=True))
+    assert len(positions) == 4 + 1 and set(positions) == {1}  # 4 training steps, then the validation batch (16 <= 32)
+    positions.clear()
+    p.evaluate_test(peft_model, "test")
+    assert positions and set(positions) == {1}
+
+
 @pytest.mark.parametrize("ask", ["output_attentions", "output_hidden_states"])
 def test_a_call_asking_for_attentions_or_hidden_states_gets_the_stock_models(ask):
     # the short layer runs the stock forward for such a call, so what it returns is the stock model's; on a deep
