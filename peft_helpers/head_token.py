@@ -7,7 +7,8 @@ computing the rest for [CLS] alone cuts about 1/L of the encoder's products minu
 of MiniLM-L6's) from training and evaluation, with the same logits and gradients up to float rounding.
 
 Installed by swapping the class of the last layer's instance for a subclass whose forward takes the short path
-(a forward that computes less cannot be added to the stock layer otherwise); the weights, their names and the
+(unlike a function stored on the instance, a class survives deep copies, and `print(model)` names it:
+HeadTokenBertLayer); the weights, their names and the
 saved adapter do not change, so a stock loader reads what a run saves. Whatever the short path does not cover
 (head masks, caches, cross-attention; anything a caller passes beyond the hidden states and the mask) goes to the
 stock forward, and so does a call that asks for every layer's attentions or hidden states. Otherwise the encoder's
@@ -60,6 +61,8 @@ class _HeadTokenForward:
         if attention_mask is not None and attention_mask.dim() == 4:
             # (batch, 1, 1 or length, length), additive or boolean as transformers built it: the row of [CLS]
             attention_mask = attention_mask[:, :, :1, :]
+            if attention_mask.is_floating_point() and attention_mask.dtype != query.dtype:
+                attention_mask = attention_mask.to(query.dtype)  # under autocast the products run in bf16/fp16
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                  dropout_p=attn.dropout.p if self.training else 0.0)
         context = context.transpose(1, 2).reshape(batch, 1, heads * size)

@@ -84,6 +84,21 @@ def test_the_short_last_layer_gives_the_stock_logits_and_lora_gradients(attentio
     assert short.state_dict().keys() == stock.state_dict().keys()
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_short_last_layer_runs_under_bf16_autocast_as_the_stock_one(attention):
+    # --precision bf16 trains under autocast: the products run in bf16 while transformers builds the mask in fp32
+    stock = _lora(_bert(attention))
+    short = copy.deepcopy(stock)
+    compute_head_token_only(short)
+    batch = _padded_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        short_out, stock_out = short.train()(**batch), stock.train()(**batch)
+    assert short_out.logits.dtype == stock_out.logits.dtype
+    torch.testing.assert_close(short_out.logits.float(), stock_out.logits.float(), atol=0.05, rtol=0)
+    short_out.loss.backward()
+    assert all(p.grad is not None for p in short.parameters() if p.requires_grad)
+
+
 def test_the_short_last_layer_keeps_training_dropout_and_its_output_covers_the_classifiers_token():
     model = _bert("sdpa", dropout=0.5)
     stock = copy.deepcopy(model)
