@@ -3,9 +3,11 @@
     python benchmarks/bench.py --out BENCHMARKS.md      # what `make bench` runs (offline, about 10 minutes)
 
 Cases, each in its own process (clean peak-memory numbers), on the same model, data and seed:
-  pipeline  our Trainer set-up: dynamic padding, length-grouped batches; evaluation sorted by length, LoRA merged
+  pipeline  our Trainer set-up: dynamic padding, length-grouped batches; evaluation sorted by length, LoRA merged;
+            the last layer for [CLS] alone (run's --last-layer, head-token by default: --last-layer here)
   bare      a minimal PyTorch loop: the same model, LoRA, optimizer, schedule and the *same batches*
-  common    the usual notebook recipe: padding="max_length", shuffled batches, Trainer.evaluate on padded data
+  common    the usual notebook recipe: padding="max_length", shuffled batches, Trainer.evaluate on padded data,
+            transformers' own model (every position of the last layer)
   flops     FLOPs per token (FlopCounterMode on real batches) and the fp32 matrix-product rate, for utilisation
 The last lines printed are the headline ratios, `name=value`, one per line.
 """
@@ -54,7 +56,8 @@ def _setup(args, padding: str | None = None, **settings):
 
     cfg = RunConfig(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
                     batch_size=args.batch_size, max_length=args.max_length, output_dir="/tmp/bench-unused",
-                    checkpoint_dir=f"/tmp/bench-runs-{args.case}", save_steps=10**9, seed=0, epochs=1, **settings)
+                    checkpoint_dir=f"/tmp/bench-runs-{args.case}", save_steps=10**9, seed=0, epochs=1,
+                    **{"last_layer": getattr(args, "last_layer", "head-token"), **settings})
     p = prepare(cfg, device="cpu")  # the tuned LoRA settings, one epoch
     cfg, model, tokenizer, encoded = p.cfg, p.model, p.tokenizer, p.encoded
     if padding == "max_length":
@@ -189,7 +192,7 @@ def case_common(args) -> dict:
     from peft_helpers.metrics import compute_metrics
     from peft_helpers.training import warmup_steps
 
-    cfg, model, tokenizer, data = _setup(args, padding="max_length")
+    cfg, model, tokenizer, data = _setup(args, padding="max_length", last_layer="all-tokens")  # the stock model
     counts = _token_counter(model)
     targs = TrainingArguments(output_dir=cfg.checkpoint_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
                               warmup_steps=warmup_steps(cfg, len(data["train"])), weight_decay=0.01,
@@ -364,6 +367,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--last-layer", default="head-token", choices=("head-token", "all-tokens"),
+                        help="run's --last-layer for every case (all-tokens: the code before it existed)")
     parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process and print its JSON")
     parser.add_argument("--rate-size", type=int, default=2048,
                         help="side of the square fp32 products the rate is measured on (the tests pass 256)")
@@ -378,7 +383,7 @@ def main() -> None:
         return
     base = ["--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-            "--threads", str(args.threads), "--rate-size", str(args.rate_size)] + (
+            "--threads", str(args.threads), "--rate-size", str(args.rate_size), "--last-layer", args.last_layer] + (
                 ["--eval-size", str(args.eval_size)] if args.eval_size else [])
     results = {}
     for case in ("flops", "pipeline", "bare", "common"):
