@@ -71,9 +71,14 @@ class _HeadTokenForward:
         return (layer_output,) if self._head_token_returns_tuple else layer_output
 
 
+def _transformers_model(model):
+    """The transformers model inside a PeftModel, or `model` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def unsupported_reason(model) -> str | None:
     """Why the short last layer does not apply to `model` (None when it does)."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model = _transformers_model(model)
     config = model.config
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {config.model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
@@ -89,7 +94,7 @@ def unsupported_reason(model) -> str | None:
 
 
 def last_layer(model):
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model = _transformers_model(model)
     return getattr(model, model.base_model_prefix).encoder.layer[-1]
 
 
@@ -133,7 +138,7 @@ def compute_head_token_only(model) -> bool:
         _subclasses[stock] = type(f"HeadToken{stock.__name__}", (_HeadTokenForward, stock), {})
     layer.__class__ = _subclasses[stock]
     layer._head_token_returns_tuple = returns_tuple
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _transformers_model(model)
     # on the encoder's model (BertModel), which its classifier calls through __call__, so hooks run
     getattr(base, base.base_model_prefix).register_forward_pre_hook(_note_what_the_call_asks, with_kwargs=True)
     return True

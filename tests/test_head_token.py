@@ -5,6 +5,7 @@ untouched; models it does not know left as they are."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 
@@ -213,5 +214,5 @@ def test_a_run_with_the_short_last_layer_saves_an_adapter_the_stock_loader_score
     batch = tokenizer(["a good film", "dull", "great great film"], padding=True, return_tensors="pt")
     with torch.no_grad():
         short = model.eval()(**batch).logits
-    torch.testing.assert_close(short, torch.tensor(__import__("json").loads(stock_logits.strip().splitlines()[-1])),
+    torch.testing.assert_close(short, torch.tensor(json.loads(stock_logits.strip().splitlines()[-1])),
                                atol=1e-5, rtol=0)
