@@ -4,10 +4,11 @@
 
 Cases, each in its own process (clean peak-memory numbers), on the same model, data and seed:
   pipeline  our Trainer set-up: dynamic padding, length-grouped batches; evaluation sorted by length, LoRA merged;
-            the last layer for [CLS] alone (run's --last-layer, head-token by default: --last-layer here)
-  bare      a minimal PyTorch loop: the same model, LoRA, optimizer, schedule and the *same batches*
+            the last layer for [CLS] alone (run's --last-layer, head-token by default: --last-layer here),
+            dropout masks of 16-bit words (run's --dropout-masks, 16-bit by default: --dropout-masks here)
+  bare      a minimal PyTorch loop: the same model, LoRA, dropout masks, optimizer, schedule and the *same batches*
   common    the usual notebook recipe: padding="max_length", shuffled batches, Trainer.evaluate on padded data,
-            transformers' own model (every position of the last layer)
+            transformers' own model (every position of the last layer, torch's dropout masks)
   flops     FLOPs per token (FlopCounterMode on real batches) and the fp32 matrix-product rate, for utilisation
 The last lines printed are the headline ratios, `name=value`, one per line.
 """
@@ -57,7 +58,8 @@ def _setup(args, padding: str | None = None, **settings):
     cfg = RunConfig(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
                     batch_size=args.batch_size, max_length=args.max_length, output_dir="/tmp/bench-unused",
                     checkpoint_dir=f"/tmp/bench-runs-{args.case}", save_steps=10**9, seed=0, epochs=1,
-                    **{"last_layer": getattr(args, "last_layer", "head-token"), **settings})
+                    **{"last_layer": getattr(args, "last_layer", "head-token"),
+                       "dropout_masks": getattr(args, "dropout_masks", "16-bit"), **settings})
     p = prepare(cfg, device="cpu")  # the tuned LoRA settings, one epoch
     cfg, model, tokenizer, encoded = p.cfg, p.model, p.tokenizer, p.encoded
     if padding == "max_length":
@@ -145,9 +147,12 @@ def case_bare(args) -> dict:
     import torch
     from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
+    from peft_helpers.dropout_masks import draw_sixteen_bit_dropout_masks
     from peft_helpers.evaluation import lora_merged
 
     cfg, model, tokenizer, data = _setup(args)
+    if cfg.dropout_masks == "16-bit":  # as train() does
+        draw_sixteen_bit_dropout_masks(model)
     collator = DataCollatorWithPadding(tokenizer)
     batches = training_batches(cfg, tokenizer, data)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and "bias" not in n and "LayerNorm" not in n]
@@ -192,7 +197,8 @@ def case_common(args) -> dict:
     from peft_helpers.metrics import compute_metrics
     from peft_helpers.training import warmup_steps
 
-    cfg, model, tokenizer, data = _setup(args, padding="max_length", last_layer="all-tokens")  # the stock model
+    # the stock model; it trains with the Trainer itself, not train(), so its dropout masks are torch's too
+    cfg, model, tokenizer, data = _setup(args, padding="max_length", last_layer="all-tokens", dropout_masks="bernoulli")
     counts = _token_counter(model)
     targs = TrainingArguments(output_dir=cfg.checkpoint_dir, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
                               warmup_steps=warmup_steps(cfg, len(data["train"])), weight_decay=0.01,
@@ -315,7 +321,8 @@ def report(args, results: dict, command: str) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "  ",
         f"Model `{args.model}` + LoRA (tuned defaults), Rotten Tomatoes train subset {p['train_examples']:,}, "
         f"test {p['eval_examples']:,}, batch size {args.batch_size} (evaluation: {EVAL_BATCH_FACTOR * args.batch_size}, the package's "
-        f"default; the common recipe evaluates in batches of {args.batch_size}), max_length {args.max_length}, one epoch, CPU fp32.", "",
+        f"default; the common recipe evaluates in batches of {args.batch_size}), max_length {args.max_length}, one epoch, CPU fp32; "
+        f"the pipeline and the bare loop with --last-layer {args.last_layer} and --dropout-masks {args.dropout_masks}.", "",
         "| case | train examples/s | train real tokens/s | eval examples/s | eval real tokens/s | "
         "train padding efficiency | eval padding efficiency | accuracy | peak RSS MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -369,6 +376,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--last-layer", default="head-token", choices=("head-token", "all-tokens"),
                         help="run's --last-layer for every case (all-tokens: the code before it existed)")
+    parser.add_argument("--dropout-masks", default="16-bit", choices=("16-bit", "bernoulli"),
+                        help="run's --dropout-masks for the pipeline and the bare loop (bernoulli: torch's own)")
     parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process and print its JSON")
     parser.add_argument("--rate-size", type=int, default=2048,
                         help="side of the square fp32 products the rate is measured on (the tests pass 256)")
@@ -383,7 +392,8 @@ def main() -> None:
         return
     base = ["--model", args.model, "--data-dir", args.data_dir, "--train-size",
             str(args.train_size), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-            "--threads", str(args.threads), "--rate-size", str(args.rate_size), "--last-layer", args.last_layer] + (
+            "--threads", str(args.threads), "--rate-size", str(args.rate_size), "--last-layer", args.last_layer,
+            "--dropout-masks", args.dropout_masks] + (
                 ["--eval-size", str(args.eval_size)] if args.eval_size else [])
     results = {}
     for case in ("flops", "pipeline", "bare", "common"):

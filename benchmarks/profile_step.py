@@ -2,6 +2,7 @@
 benchmark's set-up (bench.py: tuned LoRA, batch 16, length-grouped real batches of Rotten Tomatoes):
 
     python benchmarks/profile_step.py                        # dropout as the model has it (0.1 everywhere)
+    python benchmarks/profile_step.py --dropout-masks bernoulli  # torch's own masks (16-bit: run's default)
     python benchmarks/profile_step.py --no-dropout           # --model-dropout 0 --dropout 0
     python benchmarks/profile_step.py --no-dropout --compile # torch.compile(dynamic=True): compile time, steady rate
     python benchmarks/profile_step.py --no-dropout --matmul-precision medium [--attention eager]
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-dropout", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--dropout-masks", choices=["16-bit", "bernoulli"], default="16-bit",
+                        help="run's --dropout-masks (profiles in BENCHMARKS.md from before it existed: bernoulli)")
     parser.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default="highest",
                         help="torch.set_float32_matmul_precision for the profiled steps (the reference rate stays "
                              "fp32: it is measured at 'highest')")
@@ -105,6 +108,10 @@ def main() -> None:
                                batch_size=args.batch_size, max_length=128, case="profile")
     settings = {"model_dropout": 0.0, "dropout": 0.0} if args.no_dropout else {}
     cfg, model, tokenizer, data = _setup(setup, **settings)
+    if args.dropout_masks == "16-bit" and not args.compile:  # as train() does
+        from peft_helpers.dropout_masks import draw_sixteen_bit_dropout_masks
+
+        draw_sixteen_bit_dropout_masks(model)
     model.get_base_model().config._attn_implementation = args.attention
     batches = training_batches(cfg, tokenizer, data)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
@@ -145,6 +152,7 @@ def main() -> None:
     reference = matmul_gflops(args.threads, args.rate_size)
     achieved = flops / (matmul / 1e6) / 1e9  # self times are in microseconds
     variant = "".join([", compiled" if args.compile else "",
+                       ", 16-bit dropout masks" if args.dropout_masks == "16-bit" and not (args.no_dropout or args.compile) else "",
                        f", fp32 matmul precision {args.matmul_precision}" if args.matmul_precision != "highest" else "",
                        ", eager attention" if args.attention == "eager" else ""])
     print(f"dropout {'off' if args.no_dropout else 'on (0.1)'}{variant}: first {warm} "

@@ -162,6 +162,14 @@ class RunConfig:
                           "as transformers does. Models other than BERT-type classifiers always compute every "
                           "position (head_token.py)."},
     )
+    dropout_masks: str = field(
+        default="16-bit",
+        metadata={"help": "16-bit or bernoulli: how training draws dropout masks on a CPU. 16-bit compares one 16-bit "
+                          "word per element (four to each 64-bit draw of torch's generator) with p, rounded to a "
+                          "multiple of 1/65536: the same dropout with a quarter of the draws; bernoulli is torch's "
+                          "own, which outside Intel's MKL path draws a double per element on one thread "
+                          "(dropout_masks.py). GPUs and --compile always use torch's."},
+    )
     compile: bool = field(
         default=False,
         metadata={"help": "torch.compile the model for training (the Trainer's torch_compile); where torch.compile "
@@ -215,6 +223,8 @@ class RunConfig:
             raise UserError(f"attention={self.attention!r} is invalid: use auto, sdpa or eager.")
         if self.last_layer not in ("head-token", "all-tokens"):
             raise UserError(f"last_layer={self.last_layer!r} is invalid: use head-token or all-tokens.")
+        if self.dropout_masks not in ("16-bit", "bernoulli"):
+            raise UserError(f"dropout_masks={self.dropout_masks!r} is invalid: use 16-bit or bernoulli.")
         if self.eval_precision not in ("fp32", "bf16"):
             raise UserError(f"eval_precision={self.eval_precision!r} is invalid: use fp32 or bf16.")
         if self.precision in ("bf16", "fp16") or self.eval_precision == "bf16":
@@ -297,11 +307,11 @@ class RunConfig:
     def run_identity(self) -> dict:
         """The settings that define what a training run computes: a checkpoint may only be resumed by a run
         with the same ones (where checkpoints and the adapter go, how many texts evaluation batches hold, in what
-        precision evaluation runs, whether validation is watched, which kernel computes the attention and whether the
-        last layer computes the head's token alone do not matter)."""
+        precision evaluation runs, whether validation is watched, which kernel computes the attention, whether the
+        last layer computes the head's token alone and how dropout masks are drawn do not matter)."""
         return {k: v for k, v in self.to_dict().items()
                 if k not in ("output_dir", "checkpoint_dir", "save_steps", "eval_batch_size", "validation",
-                             "eval_precision", "attention", "last_layer")}
+                             "eval_precision", "attention", "last_layer", "dropout_masks")}
 
 
 # eval_batch_size left at None is this many times batch_size: a forward pass without the activations a backward pass

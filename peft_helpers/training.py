@@ -22,6 +22,7 @@ from transformers.trainer_utils import has_length
 from .compat import optimizer_state_loading, rng_state_loading
 from .config import RunConfig, log_dir
 from .distributed import is_main
+from .dropout_masks import draw_sixteen_bit_dropout_masks
 from .errors import UserError, batch_size_advice
 from .evaluation import eval_autocast
 from .metrics import compute_metrics
@@ -379,6 +380,10 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str 
     checkpoints go to cfg.checkpoint_dir (with run.json, the settings a resume must match). `resume_from` comes
     from prepare_checkpoints."""
     cfg.require_resolved()
+    # here, after the adapter added its own dropouts (evaluation never draws them); a compiled model gets inductor's
+    # own generated random numbers instead
+    if cfg.dropout_masks == "16-bit" and not cfg.compile:
+        draw_sixteen_bit_dropout_masks(model)
     trainer = build_trainer(model, tokenizer, data, cfg)
     folder = Path(cfg.checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)

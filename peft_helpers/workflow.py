@@ -148,7 +148,8 @@ def describe(p: Prepared) -> None:
           + ("" if cfg.layers is None else f", layers={cfg.layers}")
           + ("" if cfg.model_dropout is None else f", model_dropout={cfg.model_dropout:g}")
           + ("" if cfg.attention == "auto" else f", attention={cfg.attention}")
-          + (", last layer: the classifier's token only" if uses_head_token_only(p.model) else ""))
+          + (", last layer: the classifier's token only" if uses_head_token_only(p.model) else "")
+          + ("" if cfg.dropout_masks == "16-bit" else f", dropout_masks={cfg.dropout_masks}"))
 
 
 def training_record(trainer: Trainer) -> dict:

@@ -257,6 +257,22 @@ def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cann
     assert report["train_eager_over_sdpa"] > 0 and 0 < report["eval_mfu_sdpa"] and report["rate_size"] == 256
 
 
+def test_dropout_masks_times_both_kinds_of_mask_in_alternating_pairs_on_every_dropout(tiny_gpt2, rt_dir):
+    """dropout_masks.py: each kind of mask drawn by every dropout of the model and adapter, the order alternating by
+    round, each pass with the rate around it and a utilisation; the model left with run's default masks."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dropout_masks.py"), "--model", str(tiny_gpt2),
+                           "--data-dir", str(rt_dir), "--train-size", "160", "--rounds", "2", "--steps", "2",
+                           "--threads", "1", "--rate-size", "256"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["dropouts"]["16-bit"] == report["dropouts"]["bernoulli"] > 0
+    assert [p["mode"] for p in report["passes"]] == ["16-bit", "bernoulli", "bernoulli", "16-bit"]
+    assert all(p["mfu"] > 0 and p["rate"] > 0 for p in report["passes"])
+    assert report["sixteen_bit_over_bernoulli"] > 0 and all(s > 0 for s in report["one_mask_seconds"].values())
+    assert "16-bit over bernoulli per round" in proc.stdout
+
+
 def test_demo_variants_runs_the_demos_settings_with_each_value_in_alternating_order(tiny_gpt2, rt_dir, tmp_path):
     """demo_variants.py: `run` with the offline demo's settings (2 epochs, dropout off, no validation) plus the
     option under test, in fresh processes, a, b then b, a, each with the rate measured around it."""
