@@ -151,7 +151,7 @@ def case_bare(args) -> dict:
     from peft_helpers.evaluation import lora_merged
 
     cfg, model, tokenizer, data = _setup(args)
-    if cfg.dropout_masks == "16-bit":  # as train() does
+    if cfg.dropout_masks == "16-bit":  # as LengthGroupedTrainer does
         draw_sixteen_bit_dropout_masks(model)
     collator = DataCollatorWithPadding(tokenizer)
     batches = training_batches(cfg, tokenizer, data)

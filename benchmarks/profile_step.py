@@ -108,7 +108,7 @@ def main() -> None:
                                batch_size=args.batch_size, max_length=128, case="profile")
     settings = {"model_dropout": 0.0, "dropout": 0.0} if args.no_dropout else {}
     cfg, model, tokenizer, data = _setup(setup, **settings)
-    if args.dropout_masks == "16-bit" and not args.compile:  # as train() does
+    if args.dropout_masks == "16-bit" and not args.compile:  # as LengthGroupedTrainer does
         from peft_helpers.dropout_masks import draw_sixteen_bit_dropout_masks
 
         draw_sixteen_bit_dropout_masks(model)

@@ -2,8 +2,9 @@
 
 On a CPU, `nn.Dropout` draws its mask with `bernoulli_`, which on one thread turns one mt19937 double into each
 element (torch takes an MKL path instead only on Intel CPUs). On this project's 2-core AMD EPYC the mask of one
-batch of MiniLM's hidden states (16 x 30 x 384) took 1.1 ms, more than the 384 x 384 product before it (0.74 ms);
-a profile on the Xeon, with MKL's path, still put the 32 masks of a step at 15% of it (BENCHMARKS.md, "Levers").
+batch of MiniLM's hidden states (16 x 28 x 384) took 1.09 ms that way and 0.31 ms this way
+(benchmarks/dropout_masks.py); a profile on the Xeon, with MKL's path, still put the 32 masks of a step at 15% of
+it (BENCHMARKS.md, "Levers").
 
 Here each element compares one 16-bit word with a threshold, four words to each 64-bit draw of torch's default
 generator (`random_` over the whole int64 range), and the mask stays a bool (a quarter of the float noise autograd
@@ -12,12 +13,13 @@ keeps for the stock backward). It is the same Bernoulli dropout except that p is
 is the input's. It seeds like any torch draw (`torch.manual_seed`, the Trainer's seed), but its stream differs from
 `bernoulli_`'s: a run with it differs from a stock run as a run with another seed would.
 
-`training.train` installs it (RunConfig.dropout_masks, "16-bit" by default; not with --compile, whose generated
-code draws its own random numbers) by swapping the class of each plain `nn.Dropout` instance (the model's and the
-adapter's): the module, its `p` and every parameter name stay as they were, and a deep copy keeps it. Evaluation,
-p = 0 or 1, in-place dropouts and tensors not on the CPU (CUDA's dropout is one fused kernel already) take the
-stock forward. Dropout that attention kernels apply inside themselves (BERT's attention probabilities under SDPA)
-is not a module call, so it stays torch's."""
+`training.LengthGroupedTrainer`, which the command line and the notebook train with, installs it
+(RunConfig.dropout_masks, "16-bit" by default; not with --compile, whose generated code draws its own random
+numbers) by swapping the class of each plain `nn.Dropout` instance (the model's and the adapter's): the module, its
+`p` and every parameter name stay as they were, and a deep copy keeps it. Evaluation, p = 0 or 1, in-place dropouts
+and tensors not on the CPU (CUDA's dropout is one fused kernel already) take the stock forward. Dropout that
+attention kernels apply inside themselves (BERT's attention probabilities under SDPA) is not a module call, so it
+stays torch's."""
 
 from __future__ import annotations
 

@@ -111,10 +111,15 @@ class LengthGroupedTrainer(Trainer):
     """The stock Trainer with one change: training batches come from SeededLengthGroupedSampler (texts of similar
     length together, so dynamic padding adds almost nothing, in an order a resumed run replays exactly).
     The notebook and the command line both train with it. `class_weights` (optional) weights the cross-entropy
-    per class, for imbalanced data."""
+    per class, for imbalanced data. `dropout_masks` (RunConfig.dropout_masks): "16-bit" gives every plain dropout
+    of the model (and its adapter) masks drawn from 16-bit words (dropout_masks.py), except under torch_compile,
+    whose generated code draws its own; "bernoulli" leaves torch's."""
 
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, eval_precision: str = "fp32", **kwargs):
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, eval_precision: str = "fp32",
+                 dropout_masks: str = "16-bit", **kwargs):
         super().__init__(*args, **kwargs)
+        if dropout_masks == "16-bit" and not self.args.torch_compile:
+            draw_sixteen_bit_dropout_masks(self.model)  # evaluation never draws them
         self.class_weights = class_weights
         self.eval_precision = eval_precision  # validation's, as the run's test evaluations (RunConfig.eval_precision)
         self._flops_per_token: int | None = None
@@ -293,6 +298,7 @@ def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Length
         callbacks=[SaveEachEpoch(evaluate=cfg.metric_for_best is not None), *log_callbacks(cfg), *method_callbacks(cfg)],
         class_weights=weights,
         eval_precision=cfg.eval_precision,
+        dropout_masks=cfg.dropout_masks,
     )
 
 
@@ -380,10 +386,6 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str 
     checkpoints go to cfg.checkpoint_dir (with run.json, the settings a resume must match). `resume_from` comes
     from prepare_checkpoints."""
     cfg.require_resolved()
-    # here, after the adapter added its own dropouts (evaluation never draws them); a compiled model gets inductor's
-    # own generated random numbers instead
-    if cfg.dropout_masks == "16-bit" and not cfg.compile:
-        draw_sixteen_bit_dropout_masks(model)
     trainer = build_trainer(model, tokenizer, data, cfg)
     folder = Path(cfg.checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
