@@ -40,7 +40,7 @@ def attention_kernels(model, batch) -> set[str]:
 def measure(args) -> dict:
     import numpy as np
     import torch
-    from bench import _setup, _token_counter, alternating_passes, count_flops, training_batches
+    from bench import _setup, _token_counter, alternating_passes, count_flops, training_batches, warmed_up_training_blocks
 
     from peft_helpers.errors import UserError
     from peft_helpers.evaluation import predict_logits
@@ -58,20 +58,7 @@ def measure(args) -> dict:
     if not any("scaled_dot_product" in k for k in kernels["sdpa"]) or any("scaled_dot_product" in k for k in kernels["eager"]):
         raise UserError("this transformers version fixes the attention when the model loads, so switching it here "
                         "would time the same kernel twice: run with a newer transformers.")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    model.train()
-
-    def step(batch):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for batch in batches[:5]:  # warm-up: thread pool, allocator, kernel choices
-        step(batch)
-    blocks = [batches[5 + r * args.steps : 5 + (r + 1) * args.steps] for r in range(args.rounds)]
-    if not blocks[-1]:
-        raise UserError(f"--train-size {args.train_size} holds too few batches for {args.rounds} rounds of "
-                        f"{args.steps} steps: lower --rounds or --steps.")
+    step, blocks = warmed_up_training_blocks(model, cfg, batches, args)
 
     def train_pass(round_, mode):
         config._attn_implementation = mode

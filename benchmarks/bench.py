@@ -86,6 +86,32 @@ def training_batches(cfg, tokenizer, data) -> list[dict]:
     return [{("labels" if k == "label" else k): v for k, v in batch.items()} for batch in batches]
 
 
+def warmed_up_training_blocks(model, cfg, batches: list[dict], args):
+    """A bare training step on `model` (forward, backward, AdamW step), run on the first 5 batches to warm up the
+    thread pool, allocator and kernel choices, and the next args.rounds blocks of args.steps batches: one block per
+    round of alternating_passes (attention.py, dropout_masks.py). Returns (step, blocks); UserError where the
+    batches run out."""
+    import torch
+
+    from peft_helpers.errors import UserError
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    model.train()
+
+    def step(batch):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[:5]:
+        step(batch)
+    blocks = [batches[5 + r * args.steps : 5 + (r + 1) * args.steps] for r in range(args.rounds)]
+    if not blocks[-1]:
+        raise UserError(f"--train-size {args.train_size} holds too few batches for {args.rounds} rounds of "
+                        f"{args.steps} steps: lower --rounds or --steps.")
+    return step, blocks
+
+
 def alternating_passes(rounds: int, modes: tuple[str, str], run_pass, threads: int | None = None,
                        rate_size: int = 2048) -> list[dict]:
     """Time `run_pass(round, mode)` once per mode and round, the order alternating by round (a, b; b, a; ...) so

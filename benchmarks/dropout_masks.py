@@ -59,9 +59,7 @@ def one_mask_seconds(mode: str, shape=(16, 28, 384), p: float = 0.1, repeats: in
 
 def measure(args) -> dict:
     import torch
-    from bench import _setup, alternating_passes, count_flops, training_batches
-
-    from peft_helpers.errors import UserError
+    from bench import _setup, alternating_passes, count_flops, training_batches, warmed_up_training_blocks
 
     torch.set_num_threads(args.threads)
     timings = {mode: [] for mode in MODES}
@@ -74,21 +72,8 @@ def measure(args) -> dict:
     cfg, model, tokenizer, data = _setup(setup)  # the tuned settings: dropout 0.1 in the model and the adapter
     per_token = count_flops(cfg, model, tokenizer, data)["train_flops_per_token"]
     batches = training_batches(cfg, tokenizer, data)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     dropouts = {mode: use_masks(model, mode) for mode in MODES}
-    model.train()
-
-    def step(batch):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for batch in batches[:5]:  # warm-up: thread pool, allocator, kernel choices
-        step(batch)
-    blocks = [batches[5 + r * args.steps : 5 + (r + 1) * args.steps] for r in range(args.rounds)]
-    if not blocks[-1]:
-        raise UserError(f"--train-size {args.train_size} holds too few batches for {args.rounds} rounds of "
-                        f"{args.steps} steps: lower --rounds or --steps.")
+    step, blocks = warmed_up_training_blocks(model, cfg, batches, args)
 
     def train_pass(round_, mode):
         use_masks(model, mode)
