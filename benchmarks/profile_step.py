@@ -33,6 +33,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def _random_strided(shape, stride) -> torch.Tensor:
+    """Random values laid out as (shape, stride), including layouts whose elements share memory (a stride of 0,
+    as an expanded gradient has: the short last layer's backward passes one), which normal_() refuses to fill."""
+    size = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+    return torch.empty(size).normal_().as_strided(shape, stride)
+
+
 class RecordProducts(TorchDispatchMode):
     """Records every matrix product (mm, addmm, bmm) run under it, forward and backward, by its operands' shapes and
     strides; replay() then times each kind on its own, on random operands laid out the same way: how fast the
@@ -56,7 +63,7 @@ class RecordProducts(TorchDispatchMode):
         total_seconds = total_flops = 0.0
         with torch.no_grad():
             for (func, layout, kwargs), count in self.calls.items():
-                operands = [torch.empty_strided(shape, stride).normal_() for shape, stride in layout]
+                operands = [_random_strided(shape, stride) for shape, stride in layout]
                 *batch, m, k = layout[-2][0]
                 flops = 2 * m * k * layout[-1][0][-1] * (batch[0] if batch else 1)
                 repeats, best = 1, float("inf")

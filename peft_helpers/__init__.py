@@ -24,7 +24,7 @@ _EXPORTS = {
     "training": ["training_arguments", "LengthGroupedTrainer", "prepare_checkpoints", "train"],
     "evaluation": ["evaluate", "predict_logits", "check_reload", "RELOAD_TOLERANCE"],
     "persistence": ["save_adapter", "load_adapter", "check_loaded"],
-    "inference": ["predict"],
+    "inference": ["predict", "load_for_prediction"],
     "reporting": ["comparison_table", "plot_metrics", "plot_confusion_matrices", "plot_training",
                   "plot_learning_curves"],
     "workflow": ["prepare", "run"],

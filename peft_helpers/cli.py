@@ -94,8 +94,7 @@ class PredictFileOptions:
 
 
 def _predict(argv: list[str]) -> int:
-    from .inference import predict, predict_file
-    from .persistence import load_adapter
+    from .inference import load_for_prediction, predict, predict_file
 
     usage = ('usage: python -m peft_helpers predict ADAPTER_DIR "text" ["text" ...]\n'
              "       python -m peft_helpers predict ADAPTER_DIR --input FILE --output FILE [--text-column COLUMN]")
@@ -104,12 +103,12 @@ def _predict(argv: list[str]) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[1].startswith("--"):
         (options,) = _parse(HfArgumentParser((PredictFileOptions,), prog="python -m peft_helpers predict ADAPTER_DIR"), argv[1:])
-        model, tokenizer, _ = load_adapter(argv[0])
+        model, tokenizer = load_for_prediction(argv[0])
         rows = predict_file(model, tokenizer, options.input, options.output, options.text_column, options.chunk_size,
                             options.batch_size, options.overwrite)
         print(f"{rows:,} rows classified: {options.output}")
         return 0
-    model, tokenizer, _ = load_adapter(argv[0])
+    model, tokenizer = load_for_prediction(argv[0])
     for row in predict(model, tokenizer, argv[1:]).records():
         probs = ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("p("))
         print(f"{row['label']:>8}  [{probs}]  {row['text']}")

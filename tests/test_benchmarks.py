@@ -130,6 +130,18 @@ def test_profile_step_reports_rate_matrix_product_share_top_operators_and_the_pr
     assert 0 < int(alone[1]) <= int(alone[2]) and float(alone[3]) > 0 and float(alone[5]) > 0
 
 
+@pytest.mark.parametrize("shape, stride", [((3, 4), (4, 1)), ((3, 4), (1, 3)), ((3, 4), (0, 1)), ((2, 3, 4), (0, 4, 1))],
+                         ids=["row-major", "column-major", "expanded rows", "expanded batch"])
+def test_profile_step_replays_products_on_any_layout_even_shared_memory(shape, stride):
+    """The short last layer's backward hands mm an expanded operand (stride 0), which normal_() cannot fill: the
+    replay must still build random operands laid out exactly as recorded."""
+    operand = _load("profile_step")._random_strided(shape, stride)
+    assert operand.shape == shape and operand.stride() == stride
+    assert torch.isfinite(operand).all() and operand.std() > 0
+    if 0 in stride:  # elements along a stride-0 dimension share memory: equal values
+        assert (operand == operand.select(stride.index(0), 0).unsqueeze(stride.index(0))).all()
+
+
 def _padded_tokens(lengths, batch_size: int) -> int:
     """Tokens an evaluation processes, padding included, by predict_logits' rule: rows sorted by length, longest
     first, each batch padded to its longest row (the expected value of the benchmarks' token counts)."""
@@ -234,6 +246,24 @@ def test_eval_merge_times_merged_and_unmerged_evaluation_in_alternating_pairs(ti
     per_token = report["flops_per_token"]
     assert per_token["eval_flops_per_token"] < per_token["eval_unmerged_flops_per_token"]
     assert report["examples"] == 1066 and "merged over unmerged, per round" in proc.stdout
+
+
+def test_predict_speed_times_the_short_and_stock_last_layer_in_alternating_pairs(tmp_path, rt_dir, tiny_gpt2):
+    """predict_speed.py: the same labels from the predict command's model and the stock one, the passes alternating
+    in order round by round; a model the short layer does not apply to is refused rather than timed twice."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "predict_speed.py"), "--data-dir", str(rt_dir), "--texts",
+               "96", "--rounds", "2", "--threads", "1", "--rate-size", "256"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([*command, "--model", str(make_tiny_bert(tmp_path / "bert"))], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["same_labels"] and report["max_probability_difference"] < 1e-5 and report["texts"] == 96
+    assert [p["mode"] for p in report["passes"]] == ["short", "stock", "stock", "short"]
+    assert all(p["seconds"] > 0 and p["rate"] > 0 for p in report["passes"])
+    assert "short over stock, per round" in proc.stdout
+    refused = subprocess.run([*command, "--model", str(tiny_gpt2)], capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode == 1 and "the short last layer does not apply" in refused.stderr
 
 
 def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cannot(tiny_gpt2, rt_dir):

@@ -129,6 +129,23 @@ def test_run_config_dropout_masks_chooses_what_the_trainers_steps_draw(masks, tm
     assert RunConfig(dropout_masks=masks).run_identity() == RunConfig().run_identity()
 
 
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "torch_compile"])
+def test_a_trainer_that_compiles_the_model_leaves_torchs_masks(compile_, tmp_path):
+    """Under the Trainer's torch_compile the generated code draws its own masks: the trainer must not swap the
+    dropout class (nothing is compiled here: the swap happens, or not, when the trainer is built)."""
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+    from peft_helpers.training import LengthGroupedTrainer
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=4, intermediate_size=64, num_labels=2))
+    plain = sum(type(m) is nn.Dropout for m in model.modules())
+    args = TrainingArguments(output_dir=str(tmp_path), torch_compile=compile_, report_to="none", use_cpu=True)
+    LengthGroupedTrainer(model=model, args=args, dropout_masks="16-bit")
+    assert plain == 8 and uses_sixteen_bit_dropout_masks(model) == (not compile_)
+    assert sum(type(m) is nn.Dropout for m in model.modules()) == (plain if compile_ else 0)
+
+
 def test_run_config_refuses_other_dropout_masks_in_one_line():
     with pytest.raises(UserError, match=r"dropout_masks='mkl' is invalid: use 16-bit or bernoulli"):
         RunConfig(model="x", dropout_masks="mkl")

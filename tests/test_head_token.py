@@ -183,16 +183,24 @@ def test_run_config_last_layer_chooses_whether_the_prepared_model_computes_the_h
         RunConfig(model="x", last_layer="cls")
 
 
-def test_a_run_with_the_short_last_layer_saves_an_adapter_the_stock_loader_scores_alike(tmp_path, in_tmp, rt_dir):
-    # the run scores the trained model with the short layer and checks the reloaded (stock) one against it;
-    # a fresh process with peft's own loader then gets the same predictions
+@pytest.fixture(scope="module")
+def bert_run(tmp_path_factory, rt_dir) -> dict:
+    """The results of one short run of a tiny BERT (an adapter trained and saved with the short last layer)."""
     from conftest import make_tiny_bert
 
     from peft_helpers.workflow import run
 
-    bert = make_tiny_bert(tmp_path / "bert")
-    results = run(RunConfig(model=str(bert), data_dir=str(rt_dir), train_size=64, eval_size=32, epochs=1,
-                            validation=False, output_dir=str(in_tmp / "out")))
+    folder = tmp_path_factory.mktemp("bert_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # the run's logs and plots go under the working folder
+        return run(RunConfig(model=str(make_tiny_bert(folder / "bert")), data_dir=str(rt_dir), train_size=64,
+                             eval_size=32, epochs=1, validation=False, output_dir=str(folder / "out")))
+
+
+def test_a_run_with_the_short_last_layer_saves_an_adapter_the_stock_loader_scores_alike(bert_run):
+    # the run scores the trained model with the short layer and checks the reloaded (stock) one against it;
+    # a fresh process with peft's own loader then gets the same predictions
+    results = bert_run
     assert results["reload_max_logit_diff"] <= 1e-5
     adapter = results["adapter_dir"]
     script = (
@@ -216,3 +224,39 @@ def test_a_run_with_the_short_last_layer_saves_an_adapter_the_stock_loader_score
         short = model.eval()(**batch).logits
     torch.testing.assert_close(short, torch.tensor(json.loads(stock_logits.strip().splitlines()[-1])),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["texts", "file"])
+def test_the_predict_command_classifies_with_the_short_last_layer_and_gives_the_stock_probabilities(
+        bert_run, mode, tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from peft_helpers import inference
+    from peft_helpers.cli import main
+    from peft_helpers.persistence import load_adapter
+
+    adapter = bert_run["adapter_dir"]
+    texts = ["a good film", "dull and far too long", "great great film", "not bad", "the worst of the year"]
+    loaded = []  # the model the command classified with
+
+    def spy(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        return loaded[-1]
+
+    real = inference.load_for_prediction
+    monkeypatch.setattr(inference, "load_for_prediction", spy)
+    stock, tokenizer, _ = load_adapter(adapter)
+    expected = inference.predict(stock, tokenizer, texts)
+    assert not uses_head_token_only(stock)
+    if mode == "texts":
+        assert main(["predict", adapter, *texts]) == 0
+        printed = capsys.readouterr().out.strip().splitlines()[-len(texts):]
+        assert [line.split()[0] for line in printed] == expected.labels
+    else:
+        pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)
+        assert main(["predict", adapter, "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv")]) == 0
+        written = pd.read_csv(tmp_path / "out.csv")
+        assert list(written["predicted_label"]) == expected.labels
+        columns = [f"p({name})" for name in expected.label_names]
+        assert abs(written[columns].to_numpy() - expected.probabilities).max() <= 1e-5
+    assert len(loaded) == 1 and uses_head_token_only(loaded[0][0])
