@@ -44,8 +44,9 @@ def measure(args) -> dict:
 
     from peft_helpers.errors import UserError
     from peft_helpers.evaluation import predict_logits
+    from peft_helpers.hardware import use_threads
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=None,
                                batch_size=16, max_length=128, case="attention")
     cfg, model, tokenizer, data = _setup(setup, model_dropout=0.0, dropout=0.0)

@@ -303,9 +303,10 @@ CASES = {"pipeline": case_pipeline, "bare": case_bare, "common": case_common, "f
 
 
 def run_case(args) -> dict:
-    import torch
 
-    torch.set_num_threads(args.threads)
+    from peft_helpers.hardware import use_threads
+
+    use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     result = CASES[args.case](args)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result

@@ -61,7 +61,9 @@ def measure(args) -> dict:
     import torch
     from bench import _setup, alternating_passes, count_flops, training_batches, warmed_up_training_blocks
 
-    torch.set_num_threads(args.threads)
+    from peft_helpers.hardware import use_threads
+
+    use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     timings = {mode: [] for mode in MODES}
     for _ in range(3):  # alternating, the median of three: the first timing in a process also warms it up
         for mode in MODES:

@@ -36,8 +36,9 @@ def measure(args) -> dict:
     from bench import _setup, _token_counter, alternating_passes, count_flops
 
     import peft_helpers.evaluation as evaluation
+    from peft_helpers.hardware import use_threads
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=None,
                                batch_size=16, max_length=128, case="eval-merge")
     cfg, model, tokenizer, data = _setup(setup)

@@ -83,7 +83,9 @@ def run_case(name: str, args) -> dict:
     from peft_helpers.training import prepare_checkpoints, train
 
     lever = CASES[name]
-    torch.set_num_threads(args.threads)
+    from peft_helpers.hardware import use_threads
+
+    use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     if lever.get("flush_denormal"):
         torch.set_flush_denormal(True)
     if "interop" in lever:

@@ -34,10 +34,11 @@ def measure(args) -> dict:
     from bench import _setup, alternating_passes
 
     from peft_helpers.data import load_data
+    from peft_helpers.hardware import use_threads
     from peft_helpers.head_token import compute_head_token_only, uses_head_token_only
     from peft_helpers.inference import predict
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=64, eval_size=None,
                                batch_size=16, max_length=128, case="predict-speed", last_layer="all-tokens")
     _, stock, tokenizer, _ = _setup(setup)

@@ -108,9 +108,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    from peft_helpers.hardware import matmul_gflops
+    from peft_helpers.hardware import matmul_gflops, use_threads
 
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=2048, eval_size=None,
                                batch_size=args.batch_size, max_length=128, case="profile")
     settings = {"model_dropout": 0.0, "dropout": 0.0} if args.no_dropout else {}

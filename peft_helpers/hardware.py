@@ -6,13 +6,29 @@ from __future__ import annotations
 import time
 
 
-def matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
-    """The CPU's matrix-product rate in GFLOP/s (fp32 unless `dtype` says) with `threads` threads (None: torch's
-    current number): the best of three timings of `repeats` n x n products (2 n^3 FLOPs each)."""
+def use_threads(threads: int | None) -> None:
+    """torch.set_num_threads(threads), but only where it changes the number (None: leave it).
+
+    The call does more than set a number: besides OpenMP's count it fixes MKL's thread count for every call and
+    turns off MKL's own choice of fewer threads for small products (both seen here: resetting both through MKL's
+    C functions undoes the effect), and nothing in torch turns them back. PyTorch's CPU attention kernel (SDPA)
+    runs MKL on tiny matrices inside its own parallel loop; after the call, on a 2-core AMD EPYC, it took 1.6x
+    as long and a MiniLM training step about 1.07x (BENCHMARKS.md, "Setting torch's thread count"). A process
+    that never calls it runs in MKL's defaults, as `run` and the notebook do; so must the demo's rate line and the
+    benchmarks that stand for them."""
     import torch
 
-    if threads is not None:
+    if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
+
+
+def matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """The CPU's matrix-product rate in GFLOP/s (fp32 unless `dtype` says) with `threads` threads (None: torch's
+    current number; use_threads sets it): the best of three timings of `repeats` n x n products (2 n^3 FLOPs
+    each)."""
+    import torch
+
+    use_threads(threads)
     a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     for _ in range(3):
         a @ b  # warm-up: thread pool, caches, the library's kernel choice

@@ -266,6 +266,51 @@ def test_predict_speed_times_the_short_and_stock_last_layer_in_alternating_pairs
     assert refused.returncode == 1 and "the short last layer does not apply" in refused.stderr
 
 
+def test_attention_kernels_times_each_kernel_against_its_products_at_the_rate():
+    """attention_kernels.py: a row per length with every kernel's time and the products' time at the measured rate
+    (6 products of 2 x L x L x d FLOPs per head and row)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention_kernels.py"), "--lengths", "8", "12",
+                           "--batch-size", "2", "--heads", "2", "--head-size", "4", "--repeats", "2", "--threads", "1",
+                           "--rate-size", "256"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [row["length"] for row in report["rows"]] == [8, 12] and report["threads"] == 1
+    for row in report["rows"]:
+        assert row["flops"] == 6 * 2 * 2 * 2 * row["length"] ** 2 * 4
+        assert row["at_rate_ms"] == pytest.approx(row["flops"] / report["rate"] / 1e6)
+        assert all(row[kernel] > 0 for kernel in ("sdpa", "eager", "math"))
+    assert sum(line.startswith("| 8 |") or line.startswith("| 12 |") for line in proc.stdout.splitlines()) == 2
+
+
+def test_thread_setting_times_processes_with_and_without_the_call_in_alternating_order(tmp_path, rt_dir):
+    """thread_setting.py: fresh processes, one per regime and round, the order alternating; both run with the same
+    number of threads (only the call differs), and each reports the attention kernels and the training rate."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "thread_setting.py"), "--model",
+                           str(make_tiny_bert(tmp_path / "bert")), "--data-dir", str(rt_dir), "--train-size", "160",
+                           "--steps", "2", "--rounds", "2", "--rate-size", "256"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(r["round"], r["regime"]) for r in results] == [(0, "untouched"), (0, "set"), (1, "set"), (1, "untouched")]
+    assert len({r["threads"] for r in results}) == 1
+    assert all(r["sdpa_ms"] > 0 and r["eager_ms"] > 0 and r["examples_per_s"] > 0 and r["rate"] > 0 for r in results)
+    assert "untouched over set, training examples/s per round" in proc.stdout
+
+
+def test_use_threads_calls_torch_only_to_change_the_count(monkeypatch):
+    """torch.set_num_threads also pins MKL's threading (hardware.use_threads): the same count must not call it."""
+    from peft_helpers.hardware import matmul_gflops, use_threads
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    current = torch.get_num_threads()
+    use_threads(current)
+    use_threads(None)
+    assert matmul_gflops(current, n=64, repeats=2) > 0 and calls == []
+    use_threads(current + 1)
+    assert calls == [current + 1]
+
+
 def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cannot(tiny_gpt2, rt_dir):
     """attention.py: both kernels really run (the profiler sees SDPA in one and not in the other), the same
     predictions, the order alternating by round; on a transformers that fixes the attention at load, one line and
