@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from peft_helpers.config import EVAL_BATCH_FACTOR  # noqa: E402
-from peft_helpers.hardware import matmul_gflops  # noqa: E402
+from peft_helpers.hardware import matmul_gflops, use_threads  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "rotten_tomatoes"
 # An emulated slow CPU (issue #13's machine: 2 cores, fp32 products at 105-128 GFLOP/s): one thread, and AVX2 as
@@ -303,9 +303,6 @@ CASES = {"pipeline": case_pipeline, "bare": case_bare, "common": case_common, "f
 
 
 def run_case(args) -> dict:
-
-    from peft_helpers.hardware import use_threads
-
     use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
     result = CASES[args.case](args)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -12,10 +12,10 @@ def use_threads(threads: int | None) -> None:
     The call does more than set a number: besides OpenMP's count it fixes MKL's thread count for every call and
     turns off MKL's own choice of fewer threads for small products (both seen here: resetting both through MKL's
     C functions undoes the effect), and nothing in torch turns them back. PyTorch's CPU attention kernel (SDPA)
-    runs MKL on tiny matrices inside its own parallel loop; after the call, on a 2-core AMD EPYC, it took 1.6x
-    as long and a MiniLM training step about 1.07x (BENCHMARKS.md, "Setting torch's thread count"). A process
-    that never calls it runs in MKL's defaults, as `run` and the notebook do; so must the demo's rate line and the
-    benchmarks that stand for them."""
+    runs MKL on tiny matrices inside its own parallel loop; after the call, on a 2-core AMD EPYC, it took 1.6x as
+    long and the training step 1.03x (benchmarks/thread_setting.py; BENCHMARKS.md,
+    "Setting torch's thread count"). A process that never calls it runs in MKL's defaults, as `run` and the
+    notebook do; so must the demo's rate line and the benchmarks that stand for them."""
     import torch
 
     if threads is not None and threads != torch.get_num_threads():

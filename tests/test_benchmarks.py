@@ -293,7 +293,8 @@ def test_thread_setting_times_processes_with_and_without_the_call_in_alternating
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(r["round"], r["regime"]) for r in results] == [(0, "untouched"), (0, "set"), (1, "set"), (1, "untouched")]
     assert len({r["threads"] for r in results}) == 1
-    assert all(r["sdpa_ms"] > 0 and r["eager_ms"] > 0 and r["examples_per_s"] > 0 and r["rate"] > 0 for r in results)
+    assert all(r["sdpa_ms"] > 0 and r["eager_ms"] > 0 and r["examples_per_s"] > 0 and r["eval_examples_per_s"] > 0
+               and r["rate"] > 0 for r in results)
     assert "untouched over set, training examples/s per round" in proc.stdout
 
 
