@@ -5,6 +5,8 @@ draw them; the weights and their names stay as they were."""
 from __future__ import annotations
 
 import copy
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -140,8 +142,11 @@ def test_a_trainer_that_compiles_the_model_leaves_torchs_masks(compile_, tmp_pat
     model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
                                                      num_attention_heads=4, intermediate_size=64, num_labels=2))
     plain = sum(type(m) is nn.Dropout for m in model.modules())
-    args = TrainingArguments(output_dir=str(tmp_path), torch_compile=compile_, report_to="none", use_cpu=True)
-    LengthGroupedTrainer(model=model, args=args, dropout_masks="16-bit")
+    # torch_compile=True puts ACCELERATE_DYNAMO_* in os.environ, where every later Trainer of this process (and
+    # every process it starts) would read it and compile: put the environment back afterwards
+    with mock.patch.dict(os.environ):
+        args = TrainingArguments(output_dir=str(tmp_path), torch_compile=compile_, report_to="none", use_cpu=True)
+        LengthGroupedTrainer(model=model, args=args, dropout_masks="16-bit")
     assert plain == 8 and uses_sixteen_bit_dropout_masks(model) == (not compile_)
     assert sum(type(m) is nn.Dropout for m in model.modules()) == (plain if compile_ else 0)
 
