@@ -1,6 +1,8 @@
 """One layer's attention, forward and backward, timed alone for short sequences: PyTorch's SDPA (its CPU flash
 kernel), transformers' eager attention (two batched products and a softmax) and SDPA's math backend, against
-what the same FLOPs would take at the machine's fp32 matrix-product rate.
+what the same FLOPs would take at the machine's fp32 matrix-product rate; then with training's attention dropout
+(0.1, BERT's): SDPA dropping the probabilities inside itself (its math kernel, torch's masks), and
+head_token._attention dropping them through a 16-bit-mask dropout module (what a run's BERT layers do).
 
     python benchmarks/attention_kernels.py                       # MiniLM's heads (12 x 32), batch 16, 20-60 tokens
 
@@ -55,7 +57,20 @@ def _math(q, k, v, mask, grad):
         _sdpa(q, k, v, mask, grad)
 
 
-KERNELS = {"sdpa": _sdpa, "eager": _eager, "math": _math}
+def _sdpa_dropout(q, k, v, mask, grad):
+    import torch.nn.functional as F
+
+    F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.1).backward(grad)
+
+
+def _module_dropout(q, k, v, mask, grad, attn=None):
+    from peft_helpers.head_token import _attention
+
+    _attention(attn, q, k, v, mask).backward(grad)
+
+
+KERNELS = {"sdpa": _sdpa, "eager": _eager, "math": _math, "sdpa_dropout": _sdpa_dropout,
+           "module_dropout": _module_dropout}
 
 
 def kernel_milliseconds(length: int, batch_size: int = 16, heads: int = 12, size: int = 32, repeats: int = 100,
@@ -65,9 +80,15 @@ def kernel_milliseconds(length: int, batch_size: int = 16, heads: int = 12, size
 
     import torch
 
+    from peft_helpers.dropout_masks import SixteenBitMaskDropout
+
     q, k, v = (torch.randn(batch_size, heads, length, size, requires_grad=True) for _ in range(3))
     inputs = (q, k, v, torch.zeros(batch_size, 1, 1, length), torch.randn(batch_size, heads, length, size))
-    return {name: _milliseconds(functools.partial(KERNELS[name], *inputs), repeats) for name in kernels}
+    attn = torch.nn.Module()  # what _attention reads of a BERT self-attention: its dropout module
+    attn.dropout = SixteenBitMaskDropout(0.1).train()
+    extra = {"module_dropout": {"attn": attn}}
+    return {name: _milliseconds(functools.partial(KERNELS[name], *inputs, **extra.get(name, {})), repeats)
+            for name in kernels}
 
 
 def measure(args) -> dict:
@@ -91,11 +112,13 @@ def measure(args) -> dict:
 def report(r: dict) -> None:
     print(f"one layer's attention, forward and backward: batch {r['batch_size']}, {r['heads']} heads of "
           f"{r['head_size']}, {r['threads']} threads; fp32 products at {r['rate']:.0f} GFLOP/s")
-    print("| tokens | SDPA ms | eager ms | math ms | its products at the fp32 rate, ms | SDPA over that |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| tokens | SDPA ms | eager ms | math ms | its products at the fp32 rate, ms | SDPA over that | "
+          "dropout 0.1: SDPA ms | dropout 0.1: through the module (16-bit) ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in r["rows"]:
         print(f"| {row['length']} | {row['sdpa']:.3f} | {row['eager']:.3f} | {row['math']:.3f} | "
-              f"{row['at_rate_ms']:.3f} | {row['sdpa'] / row['at_rate_ms']:.1f}x |")
+              f"{row['at_rate_ms']:.3f} | {row['sdpa'] / row['at_rate_ms']:.1f}x | {row['sdpa_dropout']:.3f} | "
+              f"{row['module_dropout']:.3f} |")
 
 
 def main() -> None:

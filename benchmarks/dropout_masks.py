@@ -1,4 +1,4 @@
-"""Dropout masks from 16-bit words against torch's bernoulli_ (run's --dropout-masks), in alternating pairs on the
+"""Dropout masks from 16-bit words against torch's bernoulli_ (run's --dropout-masks), in alternating passes on the
 same work, on the throughput benchmark's set-up with dropout on as `run` trains by default (bench.py: MiniLM +
 LoRA, tuned settings, length-grouped batches of 16):
 
@@ -9,7 +9,9 @@ the next --steps batches of a bare training loop (forward, backward, AdamW step)
 the order alternating by round, each pass between two measurements of the fp32 matrix-product rate (this host's
 rate moves by 20% within minutes: one process switching masks block by block is the steadiest comparison there
 is here). The masks are switched on the loaded model by the class of its dropout modules, which is all
-`--dropout-masks` changes.
+`--dropout-masks` changes. A third kind, 16-bit-sdpa, draws 16-bit masks everywhere except the attention
+probabilities, which SDPA drops inside itself with torch's masks (what 16-bit did before the layers applied that
+dropout through the attention's module: head_token.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-MODES = ("16-bit", "bernoulli")
+MODES = ("16-bit", "16-bit-sdpa", "bernoulli")
 
 
 def use_masks(model, mode: str) -> int:
@@ -34,8 +36,14 @@ def use_masks(model, mode: str) -> int:
 
     from peft_helpers.dropout_masks import SixteenBitMaskDropout, draw_sixteen_bit_dropout_masks
 
-    if mode == "16-bit":
-        return draw_sixteen_bit_dropout_masks(model)
+    if mode != "bernoulli":
+        count = draw_sixteen_bit_dropout_masks(model)
+        if mode == "16-bit-sdpa":  # a layer whose attention dropout is torch's runs the stock forward: SDPA's dropout
+            for module in model.modules():
+                if hasattr(module, "attention") and hasattr(module.attention, "self"):
+                    module.attention.self.dropout.__class__ = nn.Dropout
+                    count -= 1
+        return count
     for module in model.modules():
         if type(module) is SixteenBitMaskDropout:
             module.__class__ = nn.Dropout
@@ -64,9 +72,9 @@ def measure(args) -> dict:
     from peft_helpers.hardware import use_threads
 
     use_threads(args.threads)  # only where the count changes: hardware.use_threads says why
-    timings = {mode: [] for mode in MODES}
+    timings = {mode: [] for mode in ("16-bit", "bernoulli")}  # a lone dropout: 16-bit-sdpa is 16-bit there
     for _ in range(3):  # alternating, the median of three: the first timing in a process also warms it up
-        for mode in MODES:
+        for mode in timings:
             timings[mode].append(one_mask_seconds(mode))
     masks = {mode: statistics.median(seconds) for mode, seconds in timings.items()}
     setup = argparse.Namespace(model=args.model, data_dir=args.data_dir, train_size=args.train_size, eval_size=None,
@@ -95,18 +103,21 @@ def measure(args) -> dict:
 
 def report(r: dict) -> dict:
     one = r["one_mask_seconds"]
+    modes = [mode for mode in MODES if any(p["mode"] == mode for p in r["passes"])]
     print(f"{r['threads']} threads, CPU capability {r['cpu_capability']}; dropouts drawing masks: {r['dropouts']}; "
           f"one mask of 16 x 28 x 384: 16-bit {one['16-bit'] * 1e3:.2f} ms, bernoulli {one['bernoulli'] * 1e3:.2f} ms "
           f"({one['bernoulli'] / one['16-bit']:.1f}x)")
     for p in r["passes"]:
-        print(f"  round {p['round']} {p['mode']:>9}: {p['examples_per_s']:.1f} examples/s at {p['rate']:.0f} GFLOP/s, "
+        print(f"  round {p['round']} {p['mode']:>11}: {p['examples_per_s']:.1f} examples/s at {p['rate']:.0f} GFLOP/s, "
               f"utilisation {p['mfu']:.3f}")
-    by = {mode: [p for p in r["passes"] if p["mode"] == mode] for mode in MODES}
-    per_round = [a["examples_per_s"] / b["examples_per_s"] for a, b in zip(by["16-bit"], by["bernoulli"])]
-    summary = {"sixteen_bit_over_bernoulli": statistics.median(per_round)}
-    print(f"training, 16-bit over bernoulli per round: {', '.join(f'{x:.2f}' for x in per_round)}x; median "
-          f"{summary['sixteen_bit_over_bernoulli']:.2f}x")
-    for mode in MODES:
+    by = {mode: [p for p in r["passes"] if p["mode"] == mode] for mode in modes}
+    summary = {}
+    for other in modes[1:]:
+        per_round = [a["examples_per_s"] / b["examples_per_s"] for a, b in zip(by["16-bit"], by[other])]
+        summary[f"sixteen_bit_over_{other.replace('-', '_')}"] = statistics.median(per_round)
+        print(f"training, 16-bit over {other} per round: {', '.join(f'{x:.2f}' for x in per_round)}x; median "
+              f"{statistics.median(per_round):.2f}x")
+    for mode in modes:
         summary[f"train_mfu_{mode}"] = statistics.median(p["mfu"] for p in by[mode])
         print(f"training utilisation, {mode}: median {summary[f'train_mfu_{mode}']:.3f}")
     return summary

@@ -168,7 +168,9 @@ class RunConfig:
                           "word per element (four to each 64-bit draw of torch's generator) with p, rounded to a "
                           "multiple of 1/65536: the same dropout with a quarter of the draws; bernoulli is torch's "
                           "own, which outside Intel's MKL path draws a double per element on one thread "
-                          "(dropout_masks.py). GPUs and --compile always use torch's."},
+                          "(dropout_masks.py). With 16-bit, BERT-type encoders drop their attention probabilities "
+                          "through the attention's dropout module instead of inside SDPA (head_token.py). GPUs and "
+                          "--compile always use torch's."},
     )
     compile: bool = field(
         default=False,

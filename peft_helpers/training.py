@@ -112,8 +112,9 @@ class LengthGroupedTrainer(Trainer):
     length together, so dynamic padding adds almost nothing, in an order a resumed run replays exactly).
     The notebook and the command line both train with it. `class_weights` (optional) weights the cross-entropy
     per class, for imbalanced data. `dropout_masks` (RunConfig.dropout_masks): "16-bit" gives every plain dropout
-    of the model (and its adapter) masks drawn from 16-bit words (dropout_masks.py), except under torch_compile,
-    whose generated code draws its own; "bernoulli" leaves torch's."""
+    of the model (and its adapter) masks drawn from 16-bit words (dropout_masks.py), and a BERT-type encoder's
+    attention dropout too (through its module instead of inside SDPA), except under torch_compile, whose generated
+    code draws its own; "bernoulli" leaves torch's."""
 
     def __init__(self, *args, class_weights: torch.Tensor | None = None, eval_precision: str = "fp32",
                  dropout_masks: str = "16-bit", **kwargs):

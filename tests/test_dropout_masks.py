@@ -17,6 +17,7 @@ from peft_helpers.dropout_masks import (
     WORD_VALUES,
     SixteenBitMaskDropout,
     draw_sixteen_bit_dropout_masks,
+    sixteen_bit_dropout_scale,
     sixteen_bit_keep_mask,
     uses_sixteen_bit_dropout_masks,
 )
@@ -123,10 +124,14 @@ def test_run_config_dropout_masks_chooses_what_the_trainers_steps_draw(masks, tm
     calls = []
     for module in peft_model.modules():
         if isinstance(module, nn.Dropout) and module.p > 0:
-            module.register_forward_hook(lambda m, args, out: calls.append((type(m), m.training)))
+            module.register_forward_hook(lambda m, args, out: calls.append((type(m), m.training, m)))
     train(peft_model, p.tokenizer, p.encoded, p.cfg, prepare_checkpoints(p.cfg, fresh=True))
     expected = SixteenBitMaskDropout if masks == "16-bit" else nn.Dropout
-    assert {kind for kind, training in calls if training} == {expected}
+    assert {kind for kind, training, _ in calls if training} == {expected}
+    # the attention probabilities' dropout: through the module with 16-bit masks, inside SDPA with torch's
+    attention_dropouts = {id(layer.attention.self.dropout) for layer in peft_model.get_base_model().bert.encoder.layer}
+    called = {id(module) for _, training, module in calls if training}
+    assert attention_dropouts <= called if masks == "16-bit" else not attention_dropouts & called
     assert uses_sixteen_bit_dropout_masks(peft_model) == (masks == "16-bit")
     assert RunConfig(dropout_masks=masks).run_identity() == RunConfig().run_identity()
 
@@ -154,3 +159,29 @@ def test_a_trainer_that_compiles_the_model_leaves_torchs_masks(compile_, tmp_pat
 def test_run_config_refuses_other_dropout_masks_in_one_line():
     with pytest.raises(UserError, match=r"dropout_masks='mkl' is invalid: use 16-bit or bernoulli"):
         RunConfig(model="x", dropout_masks="mkl")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_the_factor_is_the_keep_masks_draws_times_one_over_the_keep_probability(dtype):
+    torch.manual_seed(7)
+    keep = sixteen_bit_keep_mask(torch.Size([5, 301]), 0.1)
+    torch.manual_seed(7)
+    factor = sixteen_bit_dropout_scale(torch.Size([5, 301]), 0.1, dtype)
+    scale = WORD_VALUES / (WORD_VALUES - round(0.1 * WORD_VALUES))
+    assert factor.dtype == dtype
+    assert torch.equal(factor, keep.to(dtype) * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
+def test_the_output_is_bit_for_bit_the_mask_then_the_scale(dtype):
+    """The factor is one multiplication where the mask and the scale were two (and the previous code's): the same
+    bits, so adapters trained before and after it are the same."""
+    dropout = nn.Dropout(0.1)
+    draw_sixteen_bit_dropout_masks(dropout)
+    x = torch.randn(16, 28, 96).to(dtype)
+    torch.manual_seed(11)
+    out = dropout.train()(x)
+    torch.manual_seed(11)
+    keep = sixteen_bit_keep_mask(x.shape, 0.1)
+    assert out.dtype == dtype
+    assert torch.equal(out, (x * keep).mul_(WORD_VALUES / (WORD_VALUES - round(0.1 * WORD_VALUES))))

@@ -260,3 +260,101 @@ def test_the_predict_command_classifies_with_the_short_last_layer_and_gives_the_
         columns = [f"p({name})" for name in expected.label_names]
         assert abs(written[columns].to_numpy() - expected.probabilities).max() <= 1e-5
     assert len(loaded) == 1 and uses_head_token_only(loaded[0][0])
+
+
+def _attention_inputs(mask_kind: str):
+    generator = torch.Generator().manual_seed(2)
+    query, key, value = (torch.randn(3, 4, 7, 8, generator=generator, requires_grad=True) for _ in range(3))
+    keep = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    keep[0, ..., 5:] = False  # padded positions
+    keep[2, ..., 3:] = False
+    mask = {"boolean": keep, "additive": torch.zeros(3, 1, 1, 7).masked_fill(~keep, torch.finfo(torch.float32).min),
+            "none": None}[mask_kind]
+    return query, key, value, mask
+
+
+@pytest.mark.parametrize("mask_kind", ["boolean", "additive", "none"])
+def test_attention_dropout_through_the_module_is_torchs_attention_with_that_mask(mask_kind):
+    """The attention probabilities dropped by the module's 16-bit mask: torch's own math kernel given the same mask
+    (its scale 1 / (1 - p) and the module's 1 / the rounded keep probability differ by 1e-6), forward and backward."""
+    from peft_helpers.dropout_masks import WORD_VALUES, SixteenBitMaskDropout, sixteen_bit_keep_mask
+    from peft_helpers.head_token import _attention
+
+    attn = torch.nn.Module()
+    attn.dropout = SixteenBitMaskDropout(0.3).train()
+    query, key, value, mask = _attention_inputs(mask_kind)
+    torch.manual_seed(9)
+    out = _attention(attn, query, key, value, mask)
+    torch.manual_seed(9)
+    kept = sixteen_bit_keep_mask(torch.Size([3, 4, 7, 7]), 0.3)
+    assert 0.6 < kept.float().mean() < 0.8
+    if mask is not None and mask.dtype == torch.bool:  # F.scaled_dot_product_attention makes it additive first
+        mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    reference, _ = torch.ops.aten._scaled_dot_product_attention_math(
+        query, key, value, mask, dropout_p=round(0.3 * WORD_VALUES) / WORD_VALUES, dropout_mask=kept)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.sum(), (query, key, value))
+    reference_grads = torch.autograd.grad(reference.sum(), (query, key, value))
+    for grad, reference_grad in zip(grads, reference_grads):
+        torch.testing.assert_close(grad, reference_grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["evaluation", "torch's masks"])
+def test_attention_without_16_bit_masks_is_sdpa(case):
+    from peft_helpers.dropout_masks import SixteenBitMaskDropout
+    from peft_helpers.head_token import _attention
+
+    attn = torch.nn.Module()
+    attn.dropout = (SixteenBitMaskDropout(0.3).eval() if case == "evaluation" else torch.nn.Dropout(0.3).train())
+    query, key, value, mask = _attention_inputs("boolean")
+    torch.manual_seed(4)
+    out = _attention(attn, query, key, value, mask)
+    torch.manual_seed(4)
+    reference = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                                 dropout_p=attn.dropout.p * attn.dropout.training)
+    assert torch.equal(out, reference)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_layers_that_drop_attention_through_the_module_give_the_stock_models_logits_and_gradients(attention):
+    """Every layer of a model with 16-bit masks computes its attention through the module while training. At
+    p = 1/65536 with a seed that drops nothing, the only difference from the stock model's evaluation pass is the
+    kept elements' scale 65536/65535, applied at each dropout."""
+    from peft_helpers.dropout_masks import SixteenBitMaskDropout, draw_sixteen_bit_dropout_masks
+
+    stock = _lora(_bert(attention, dropout=1 / 65536))
+    model = copy.deepcopy(stock)
+    compute_head_token_only(model)
+    assert draw_sixteen_bit_dropout_masks(model) > 0
+    names = [type(layer).__name__ for layer in model.get_base_model().bert.encoder.layer]
+    assert names == ["AttentionDropoutBertLayer", "HeadTokenBertLayer"]
+    drawn = []
+    for module in model.modules():
+        if isinstance(module, SixteenBitMaskDropout):
+            module.register_forward_hook(lambda m, args, out: drawn.append((args[0] != 0).sum() - (out != 0).sum()))
+    batch = _padded_batch()
+    torch.manual_seed(0)
+    model.train()(**batch).loss.backward()
+    # per layer: attention and two hidden; the embeddings and the classifier: none dropped
+    assert len(drawn) == 2 * 3 + 2 and sum(drawn) == 0
+    torch.manual_seed(0)
+    logits = model(**batch).logits
+    stock.eval()(**batch).loss.backward()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, stock(**batch).logits, atol=2e-4, rtol=0)
+    stock_grads = dict(stock.named_parameters())
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, stock_grads[name].grad, atol=2e-4, rtol=1e-3)
+
+
+def test_a_training_call_asking_for_attentions_gets_every_layers_stock_maps():
+    """While training with 16-bit masks every layer computes itself, which records no attention maps: a call that
+    asks for them runs the stock layers (each layer's map over every position)."""
+    from peft_helpers.dropout_masks import draw_sixteen_bit_dropout_masks
+
+    model = _bert("eager", dropout=0.1)
+    compute_head_token_only(model)
+    draw_sixteen_bit_dropout_masks(model)
+    out = model.train()(**_padded_batch(), output_attentions=True)
+    assert [tuple(m.shape) for m in out.attentions] == [(4, 4, 9, 9)] * 2
