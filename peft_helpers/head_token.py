@@ -68,12 +68,13 @@ def _attention(attn, query, key, value, attention_mask):
 
 class _BertLayerForward:
     """A BERT layer's computation through the layer's own modules (looked up at call time: peft replaces the
-    projections), mixed in front of the stock layer class; `_own_forward` says when it runs."""
+    projections), mixed in front of the stock layer class; a call it does not cover runs the stock forward."""
 
     _bert_layer_returns_tuple: bool  # transformers 4 layers return (hidden_states, ...), transformers 5 the tensor
     _bert_layer_stock_call: bool = False  # set per call by _note_what_the_call_asks
 
-    def _own_forward(self, hidden_states, attention_mask, args, kwargs) -> bool:
+    def _covers(self, args, kwargs) -> bool:
+        """Whether this call (its arguments beyond the hidden states and the mask) is one `_layer` computes."""
         return not self._bert_layer_stock_call and _takes_the_short_path(args, kwargs)
 
     def _layer(self, hidden_states, attention_mask, head_token_only: bool):
@@ -99,10 +100,10 @@ class _BertLayerForward:
 
 
 class _HeadTokenForward(_BertLayerForward):
-    """The last layer: the positions after it computed for [CLS] alone."""
+    """The last layer, computed for [CLS] alone: the one position its classifier reads."""
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-        if not self._own_forward(hidden_states, attention_mask, args, kwargs):
+        if not self._covers(args, kwargs):
             return super().forward(hidden_states, attention_mask, *args, **kwargs)
         return self._layer(hidden_states, attention_mask, head_token_only=True)
 
@@ -113,7 +114,7 @@ class _AttentionDropoutForward(_BertLayerForward):
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
         dropout = self.attention.self.dropout
         if not (isinstance(dropout, SixteenBitMaskDropout) and dropout.draws_masks_for(hidden_states)
-                and self._own_forward(hidden_states, attention_mask, args, kwargs)):
+                and self._covers(args, kwargs)):
             return super().forward(hidden_states, attention_mask, *args, **kwargs)
         return self._layer(hidden_states, attention_mask, head_token_only=False)
 
