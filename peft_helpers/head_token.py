@@ -88,7 +88,7 @@ class _BertLayerForward:
         value = attn.value(hidden_states).view(batch, length, heads, size).transpose(1, 2)
         if attention_mask is not None and attention_mask.dim() == 4:
             # (batch, 1, 1 or length, length), additive or boolean as transformers built it
-            if head_token_only and attention_mask.shape[2] > 1:
+            if head_token_only:
                 attention_mask = attention_mask[:, :, :1, :]  # the row of [CLS]
             if attention_mask.is_floating_point() and attention_mask.dtype != query.dtype:
                 attention_mask = attention_mask.to(query.dtype)  # under autocast the products run in bf16/fp16
@@ -209,8 +209,8 @@ def draw_attention_dropout_through_the_module(model) -> int:
     """Give every encoder layer of `model` that is not the short last one a forward that, while its attention
     dropout draws 16-bit masks (dropout_masks.py: training on a CPU), computes the layer here and drops the
     attention probabilities through that module; any other call (evaluation, GPUs, torch's masks) runs the stock
-    forward. The last layer, short or stock, drops them the same way (_attention). Returns how many layers apply
-    the attention dropout through the module; 0, changing nothing, where the model is not one it knows."""
+    forward. The short last layer drops them the same way (_attention). Returns how many layers apply the
+    attention dropout through the module; 0, changing nothing, where the model is not one it knows."""
     if getattr(_transformers_model(model), "config", None) is None or unsupported_reason(model) is not None:
         return 0  # not a transformers model (e.g. a dropout alone), or not one it knows
     base = _transformers_model(model)
