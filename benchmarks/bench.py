@@ -325,8 +325,10 @@ def hardware() -> str:
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
+    from peft_helpers.hardware import cpu_instructions
+
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}){gpu}"
+    return f"{os.cpu_count()} CPU cores ({cpu}; {cpu_instructions()}){gpu}"
 
 
 def report(args, results: dict, command: str) -> str:

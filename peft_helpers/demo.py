@@ -49,13 +49,14 @@ def demo_config(local_data: str | None, online: bool | None = None, model: str |
 
 def machine_line() -> str:
     """What the demo runs on, first thing printed, so that its time can be compared between machines: the GPU's
-    name, or on a CPU its fp32 matrix-product rate (about 2 seconds to measure)."""
+    name, or on a CPU its fp32 matrix-product rate (about 2 seconds to measure) and vector instructions."""
     import torch
 
     if torch.cuda.is_available():
         return f"Machine: {torch.cuda.get_device_name()} (GPU)"
-    from .hardware import matmul_gflops
+    from .hardware import cpu_instructions, matmul_gflops
 
     threads = torch.get_num_threads()
     return (f"Machine: fp32 matrix products at {matmul_gflops(threads, repeats=3):.0f} GFLOP/s with {threads} CPU "
-            "threads (BENCHMARKS.md, \"The demo's time\", gives the demo's minutes against this rate)")
+            f"threads, {cpu_instructions()} (BENCHMARKS.md, \"The demo's time\", gives the demo's minutes against "
+            "this rate)")

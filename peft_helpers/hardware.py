@@ -41,6 +41,19 @@ def matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 10, 
     return 2 * n**3 * repeats / best / 1e9
 
 
+def cpu_instructions() -> str:
+    """The CPU's widest vector instructions as torch uses them, in a few words for the demo's rate line and the
+    benchmarks' hardware line: ATen's kernel level (torch.backends.cpu.get_cpu_capability(): "AVX2", "AVX512",
+    "NO AVX", "SVE256", ...), plus "with bf16 units" where cpu_has_bf16 finds them. Two hosts of one name ("AMD
+    EPYC") ran this project's benchmarks with AVX-512 and bf16 units on one day and AVX2 alone on another, so the
+    name alone does not say which machine a number came from. "unknown" where torch lacks the call."""
+    import torch
+
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    words = capability() if capability is not None else "unknown"
+    return f"{words} with bf16 units" if cpu_has_bf16() else words
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16 units: Xeon Sapphire Rapids and
     later, AMD Zen 4 and later), the only CPUs where bf16 mixed precision is faster rather than emulated. Asks

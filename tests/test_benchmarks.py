@@ -312,6 +312,25 @@ def test_use_threads_calls_torch_only_to_change_the_count(monkeypatch):
     assert calls == [current + 1]
 
 
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_cpu_instructions_name_torchs_kernel_level_and_bf16_units(monkeypatch, bf16_units):
+    """The demo's rate line and bench.py's hardware line tell two CPUs of one name apart (hardware.cpu_instructions)."""
+    from peft_helpers import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: bf16_units)
+    level = torch.backends.cpu.get_cpu_capability()
+    assert hardware.cpu_instructions() == (f"{level} with bf16 units" if bf16_units else level)
+    assert f"; {hardware.cpu_instructions()})" in _load("bench").hardware()
+
+
+def test_cpu_instructions_say_unknown_where_torch_cannot_tell(monkeypatch):
+    from peft_helpers import hardware
+
+    monkeypatch.delattr(torch.backends.cpu, "get_cpu_capability")
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert hardware.cpu_instructions() == "unknown"
+
+
 def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cannot(tiny_gpt2, rt_dir):
     """attention.py: both kernels really run (the profiler sees SDPA in one and not in the other), the same
     predictions, the order alternating by round; on a transformers that fixes the attention at load, one line and

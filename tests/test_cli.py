@@ -167,6 +167,8 @@ def test_predict_command(capsys, tiny_gpt2, rt_dir, tmp_path):
 
 
 def test_demo_command_runs_offline(tiny_gpt2, rt_dir, in_tmp, monkeypatch, capsys):
+    from peft_helpers.hardware import cpu_instructions
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     small = in_tmp / "small"
     small.mkdir()
@@ -177,8 +179,9 @@ def test_demo_command_runs_offline(tiny_gpt2, rt_dir, in_tmp, monkeypatch, capsy
     out = capsys.readouterr().out
     assert f"Demo: model={tiny_gpt2}, data={small}" in out
     # the machine's matrix-product rate comes first (to compare the demo's time between machines), the time last
-    rate = re.search(r"Machine: fp32 matrix products at (\d+) GFLOP/s with (\d+) CPU threads", out)
+    rate = re.search(r"Machine: fp32 matrix products at (\d+) GFLOP/s with (\d+) CPU threads, ([^(]+) \(", out)
     assert rate and int(rate[1]) > 0 and int(rate[2]) == torch.get_num_threads() and out.index(rate[0]) < out.index("Pretrained")
+    assert rate[3] == cpu_instructions()  # AVX2, AVX512, ...: the same rate means different machines otherwise
     assert re.search(r"Demo finished in \d+ min \d+ s", out.strip().splitlines()[-1])
     results = json.loads((in_tmp / "saved_adapters" / "demo" / "results.json").read_text())
     assert (results["train_size"], results["eval_size"]) == (160, 20)
