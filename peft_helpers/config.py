@@ -100,7 +100,7 @@ class RunConfig:
         default=None,
         metadata={"help": "Dropout inside the pretrained model while training (its every nn.Dropout, e.g. BERT's hidden "
                           "and attention dropout); None = the model's own (0.1 for BERT and GPT-2). 0 is faster on a "
-                          "CPU, where the dropout masks cost about a quarter of a MiniLM step."},
+                          "CPU: 1.04-1.14x in MiniLM's training (BENCHMARKS.md)."},
     )
     target_modules: list[str] | None = field(
         default=None,
