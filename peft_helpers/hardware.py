@@ -46,12 +46,11 @@ def cpu_instructions() -> str:
     benchmarks' hardware line: ATen's kernel level (torch.backends.cpu.get_cpu_capability(): "AVX2", "AVX512",
     "NO AVX", "SVE256", ...), plus "with bf16 units" where cpu_has_bf16 finds them. Two hosts of one name ("AMD
     EPYC") ran this project's benchmarks with AVX-512 and bf16 units on one day and AVX2 alone on another, so the
-    name alone does not say which machine a number came from. "unknown" where torch lacks the call."""
+    name alone does not say which machine a number came from. (Public since torch 2.0; the project needs 2.4.)"""
     import torch
 
-    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
-    words = capability() if capability is not None else "unknown"
-    return f"{words} with bf16 units" if cpu_has_bf16() else words
+    level = torch.backends.cpu.get_cpu_capability()
+    return f"{level} with bf16 units" if cpu_has_bf16() else level
 
 
 def cpu_has_bf16() -> bool:

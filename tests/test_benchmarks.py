@@ -323,14 +323,6 @@ def test_cpu_instructions_name_torchs_kernel_level_and_bf16_units(monkeypatch, b
     assert f"; {hardware.cpu_instructions()})" in _load("bench").hardware()
 
 
-def test_cpu_instructions_say_unknown_where_torch_cannot_tell(monkeypatch):
-    from peft_helpers import hardware
-
-    monkeypatch.delattr(torch.backends.cpu, "get_cpu_capability")
-    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
-    assert hardware.cpu_instructions() == "unknown"
-
-
 def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cannot(tiny_gpt2, rt_dir):
     """attention.py: both kernels really run (the profiler sees SDPA in one and not in the other), the same
     predictions, the order alternating by round; on a transformers that fixes the attention at load, one line and
