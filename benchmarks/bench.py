@@ -323,12 +323,10 @@ def hardware() -> str:
 
     import torch
 
-    from peft_helpers.hardware import cpu_instructions
+    from peft_helpers.hardware import cpu_description
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}; {cpu_instructions()}){gpu}"
+    return f"{os.cpu_count()} CPU cores ({cpu_description()}){gpu}"
 
 
 def report(args, results: dict, command: str) -> str:

@@ -53,6 +53,20 @@ def cpu_instructions() -> str:
     return f"{level} with bf16 units" if cpu_has_bf16() else level
 
 
+def cpu_description() -> str:
+    """The CPU's name and vector instructions, e.g. "AMD EPYC; AVX2", for the lines that say which machine a number
+    came from (bench.py's hardware line, the executed notebook's stamp): the name from /proc/cpuinfo where Linux has
+    it (platform.processor() is empty there), else platform.processor()."""
+    import os
+    import platform
+
+    name = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    return f"{name or 'unknown CPU'}; {cpu_instructions()}"
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16 units: Xeon Sapphire Rapids and
     later, AMD Zen 4 and later), the only CPUs where bf16 mixed precision is faster rather than emulated. Asks

@@ -320,7 +320,8 @@ def test_cpu_instructions_name_torchs_kernel_level_and_bf16_units(monkeypatch, b
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: bf16_units)
     level = torch.backends.cpu.get_cpu_capability()
     assert hardware.cpu_instructions() == (f"{level} with bf16 units" if bf16_units else level)
-    assert f"; {hardware.cpu_instructions()})" in _load("bench").hardware()
+    assert hardware.cpu_description().endswith(f"; {hardware.cpu_instructions()}")
+    assert f"({hardware.cpu_description()})" in _load("bench").hardware()
 
 
 def test_attention_times_sdpa_and_eager_in_alternating_pairs_or_says_why_it_cannot(tiny_gpt2, rt_dir):

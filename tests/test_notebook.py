@@ -8,6 +8,7 @@ import sys
 import nbformat
 import papermill
 import pytest
+import torch
 from conftest import ROOT
 from safetensors.torch import load_file
 
@@ -128,6 +129,10 @@ def test_executed_copy_is_stamped_with_how_it_was_made(notebook_run, tmp_path):
                         "--data-dir", "somewhere"], check=True)
     cells = nbformat.read(copy, as_version=4).cells
     assert cells[0].source.startswith("**Executed copy**") and '`model="tiny"`' in cells[0].source
+    if not torch.cuda.is_available():  # the machine line names the CPU's vector instructions, as bench.py's does
+        from peft_helpers.hardware import cpu_description
+
+        assert f"CPU cores ({cpu_description()}), no GPU" in cells[0].source
     assert not cells[1].source.startswith("**Executed copy**") and len(cells) == len(nb.cells) + 1
 
 

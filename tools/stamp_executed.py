@@ -25,9 +25,10 @@ def main() -> None:
     import transformers
 
     nb = nbformat.read(args.notebook, as_version=4)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    device = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores ({cpu}), no GPU"
+    from peft_helpers.hardware import cpu_description
+
+    device = (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+              else f"{os.cpu_count()} CPU cores ({cpu_description()}), no GPU")
     note = (
         f"**Executed copy** of `LightweightFineTuning.ipynb`, made by `make executed` on {time.strftime('%Y-%m-%d')}: "
         f"`model=\"{args.model}\"` (the offline packaged model, a real pretrained network), `data_dir=\"{args.data_dir}\"` "
