@@ -1,4 +1,6 @@
 # `make demo` and `make test` are the two commands a user needs; both create and fill .venv on first use.
+# make test: fast tests + the notebook and each command once end to end (pytest.ini's default markers);
+# make test-all: every test; make test-compat: the version-sensitive tests on the oldest and newest versions.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,10 +13,14 @@ export PYTHONHASHSEED := 0
 pyenv_python = $(firstword $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python) $(shell command -v python$(1) 2>/dev/null))
 COMPAT_PYTHON_oldest ?= $(call pyenv_python,3.10)
 COMPAT_PYTHON_newest ?= $(call pyenv_python,3.13)
-COMPAT_TESTS ?= tests  # the whole default suite (slow real-model tests excluded by pytest.ini)
+# The tests that touch version differences: the notebook, the command line end to end, save/reload, resume, several
+# processes, the PEFT methods (each trains, saves and reloads), data loading through datasets.
+COMPAT_TESTS ?= tests/test_notebook.py tests/test_cli.py tests/test_persistence.py tests/test_reliability.py \
+	tests/test_distributed.py tests/test_methods.py tests/test_datasets.py tests/test_export.py
+COMPAT_MARKERS ?= not slow
 
 .PRECIOUS: .venv-compat-%/.installed
-.PHONY: venv demo test test-slow test-compat lint notebook notebook-real executed bench clean
+.PHONY: venv demo test test-all test-slow test-compat lint notebook executed bench clean
 
 venv: $(VENV)/.installed
 
@@ -44,12 +50,15 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
+test-all: venv
+	$(PY) -m pytest -q -m "not slow"
+
 test-slow: venv
 	$(PY) -m pytest -q -m slow
 
 compat-%: .venv-compat-%/.installed
 	.venv-compat-$*/bin/python -c "import sys, torch, transformers, peft, datasets; print('$*: python', sys.version.split()[0], '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| datasets', datasets.__version__)"
-	.venv-compat-$*/bin/python -m pytest -q $(COMPAT_TESTS)
+	.venv-compat-$*/bin/python -m pytest -q -m "$(COMPAT_MARKERS)" $(COMPAT_TESTS)
 
 test-compat: compat-oldest compat-newest
 
@@ -60,7 +69,7 @@ notebook: venv
 	$(PY) -m pytest -q tests/test_notebook.py
 
 # The source notebook executed on a real pretrained model and the full data, as ipynb and HTML (committed).
-EXECUTED_MODEL ?= smollm2
+EXECUTED_MODEL ?= minilm
 executed: venv
 	mkdir -p executed
 	$(PY) -m papermill LightweightFineTuning.ipynb executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb \
@@ -69,8 +78,6 @@ executed: venv
 	$(PY) tools/stamp_executed.py executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb --model $(EXECUTED_MODEL) \
 		--data-dir $(SHARED_DATA)
 	$(PY) -m jupyter nbconvert --to html executed/LightweightFineTuning-$(EXECUTED_MODEL).ipynb
-
-notebook-real: executed  # the old name of `make executed`
 
 bench: venv
 	$(PY) benchmarks/bench.py --out BENCHMARKS.md

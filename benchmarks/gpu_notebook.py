@@ -60,7 +60,7 @@ def main() -> int:
     os.chdir(ROOT)
     cells = json.loads(Path(args.notebook).read_text())["cells"]
     overrides = "\n".join(f"{name} = {parse_value(value)!r}" for name, value in args.p)
-    namespace: dict = {"__name__": "__main__"}
+    namespace: dict = {"__name__": "__main__", "display": print}  # IPython's display, as plain text
     start = time.perf_counter()
     for number, cell in enumerate(cells):
         if cell["cell_type"] != "code":

@@ -19,8 +19,9 @@ import torch
 
 from .config import RunConfig
 from .errors import UserError
+from .methods import head_name, reads_last_token
 from .metrics import classification_metrics
-from .modeling import count_parameters, default_device, head_name, reads_last_token, resolve_model
+from .modeling import count_parameters, default_device, resolve_model
 from .training import device_summary, remove_checkpoints, train
 from .workflow import RESULTS_FILE, Prepared, dataset_name, peak_memory_mib, prepare, write_json
 

@@ -117,7 +117,8 @@ def _predict(argv: list[str]) -> int:
 
 def _data(argv: list[str]) -> int:
     """Load and check the data of a run (the same flags as `run`) without loading a model."""
-    from .data import label_balance, load_run_data
+    from .data import load_run_data
+    from .reporting import label_balance
 
     parser = HfArgumentParser((RunConfig,), prog="python -m peft_helpers data")
     (cfg,) = _parse(parser, argv)

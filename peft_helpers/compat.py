@@ -24,6 +24,14 @@ def dtype_kwarg(dtype) -> dict:
     return {"dtype": dtype} if TRANSFORMERS >= Version("4.56") else {"torch_dtype": dtype}
 
 
+def group_by_length() -> dict:
+    """TrainingArguments for the Trainer's own length-grouped sampler (batches of texts of similar length, so dynamic
+    padding adds little): transformers 5 replaced `group_by_length=True` by `train_sampling_strategy`."""
+    if TRANSFORMERS >= Version("5"):
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
 def network_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the Hub could not be reached". huggingface_hub < 1.0 talks through `requests` (its
     errors are OSErrors), 1.x through `httpx`, 2.x through `httpx2`; each client's base error is included when

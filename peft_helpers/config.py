@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -76,8 +77,7 @@ class RunConfig:
     eval_batch_size: int | None = field(
         default=None,
         metadata={"help": "Per-device batch size for evaluation (the Trainer's validation and every test evaluation); "
-                          "None = 4 x batch_size. Evaluation keeps no activations for a backward pass, so larger "
-                          "batches fit, and they run the matrix products faster (BENCHMARKS.md, \"Levers\")."},
+                          "None = 4 x batch_size (evaluation keeps no activations for a backward pass)."},
     )
     max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
     warmup: float = field(default=0.06, metadata={"help": "Linear warm-up, as a ratio of all steps."})
@@ -86,7 +86,8 @@ class RunConfig:
         default=None, metadata={"help": "Where the adapter is saved; None = saved_adapters/<model>-<method>."}
     )
     checkpoint_dir: str | None = field(
-        default=None, metadata={"help": "Training checkpoints (for --resume); None = runs/<output_dir's name>."}
+        default=None, metadata={"help": "Training checkpoints (for --resume); None = <output_dir>-checkpoints, beside "
+                                        "the adapter, so two runs never share one."}
     )
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every this many steps, and at each epoch end."})
     r: int | None = field(default=None, metadata={"help": "Rank (LoRA family; VeRA); None = tuned for the architecture (8 for GPT-2)."})
@@ -95,12 +96,6 @@ class RunConfig:
     )
     dropout: float | None = field(
         default=None, metadata={"help": "Dropout on the adapter branch (LoRA family, VeRA); None = 0.1."}
-    )
-    model_dropout: float | None = field(
-        default=None,
-        metadata={"help": "Dropout inside the pretrained model while training (its every nn.Dropout, e.g. BERT's hidden "
-                          "and attention dropout); None = the model's own (0.1 for BERT and GPT-2). 0 is faster on a "
-                          "CPU: 1.04-1.14x in MiniLM's training (BENCHMARKS.md)."},
     )
     target_modules: list[str] | None = field(
         default=None,
@@ -126,51 +121,18 @@ class RunConfig:
     )
     validation: bool = field(
         default=True,
-        metadata={"help": "Evaluate on the validation split while training (after each epoch; every save_steps with "
-                          "metric_for_best). --no-validation skips it: seconds less per epoch, a learning curve of the "
-                          "training loss only, and the same adapter without dropout (with dropout, other random "
-                          "masks: each validation pass draws a seed from torch's generator)."},
+        metadata={"help": "Evaluate on the validation split while training (five times, evenly spread; every save_steps with "
+                          "metric_for_best). --no-validation skips it: seconds less, a learning curve of the "
+                          "training loss only."},
     )
     precision: str = field(
         default="auto",
         metadata={"help": "auto (bf16 mixed precision on GPUs that have it, else fp16; fp32 on CPU), fp32, bf16 or "
                           "fp16 (as on a Colab T4). fp16 needs a CUDA GPU; bf16 a CUDA GPU or a CPU with bf16 matrix "
-                          "units (AMX, AVX512-BF16), where it trains faster (evaluation: eval_precision, fp32 by default)."},
-    )
-    eval_precision: str = field(
-        default="fp32",
-        metadata={"help": "fp32 or bf16: the precision of every evaluation (the Trainer's validation and the "
-                          "pretrained, fine-tuned and reloaded test passes). bf16 runs them under bf16 autocast, on a "
-                          "CUDA GPU with bf16 or a CPU with bf16 matrix units (AMX, AVX512-BF16), where MiniLM "
-                          "evaluates about 2x faster in batches of 64; predictions close to a tie may differ from fp32."},
+                          "units (AMX, AVX512-BF16). Passed to TrainingArguments (bf16/fp16); evaluation stays fp32."},
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement (needs metric_for_best)."}
-    )
-    attention: str = field(
-        default="auto",
-        metadata={"help": "auto (the model's own: PyTorch's scaled_dot_product_attention where transformers has it), "
-                          "sdpa or eager (transformers' plain matrix products): the attention of the model the run "
-                          "loads and trains. On a CPU, MiniLM's bare training step ran 1.085x faster with eager, the demo's "
-                          "Trainer run not measurably (BENCHMARKS.md, \"SDPA or eager attention\")."},
-    )
-    last_layer: str = field(
-        default="head-token",
-        metadata={"help": "head-token or all-tokens: head-token computes the last encoder layer for the one token the "
-                          "classifier reads (BERT's [CLS]; keys and values still see every token), the same logits and "
-                          "gradients for about 14 in 100 of MiniLM's products fewer; all-tokens computes every position "
-                          "as transformers does. Models other than BERT-type classifiers always compute every "
-                          "position (head_token.py)."},
-    )
-    dropout_masks: str = field(
-        default="16-bit",
-        metadata={"help": "16-bit or bernoulli: how training draws dropout masks on a CPU. 16-bit compares one 16-bit "
-                          "word per element (four to each 64-bit draw of torch's generator) with p, rounded to a "
-                          "multiple of 1/65536: the same dropout with a quarter of the draws; bernoulli is torch's "
-                          "own, which outside Intel's MKL path draws a double per element on one thread "
-                          "(dropout_masks.py). With 16-bit, BERT-type encoders drop their attention probabilities "
-                          "through the attention's dropout module instead of inside SDPA (head_token.py). GPUs and "
-                          "--compile always use torch's."},
     )
     compile: bool = field(
         default=False,
@@ -179,11 +141,15 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
+        if "auto" in (self.train_size, self.eval_size):  # the notebook's default: sized for the machine
+            import torch
+
+            self.train_size, self.eval_size = auto_sizes(self.train_size, self.eval_size, torch.cuda.is_available())
         self.validate()
         if self.output_dir is None:
             self.output_dir = str(Path("saved_adapters") / f"{model_slug(self.model)}-{self.method}")
         if self.checkpoint_dir is None:
-            self.checkpoint_dir = str(Path("runs") / (Path(self.output_dir).name or "run"))
+            self.checkpoint_dir = str(self.output_dir).rstrip("/\\") + "-checkpoints"
 
     def validate(self) -> None:
         """Raise UserError on the first invalid value, naming the setting and what would be valid."""
@@ -206,7 +172,6 @@ class RunConfig:
             ("r", self.r is None or (isinstance(self.r, int) and self.r >= 1), "a whole number >= 1"),
             ("alpha", self.alpha is None or self.alpha > 0, "a positive number"),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1, "a value in [0, 1)"),
-            ("model_dropout", self.model_dropout is None or 0 <= self.model_dropout < 1, "a value in [0, 1)"),
             ("num_virtual_tokens", self.num_virtual_tokens is None or (isinstance(self.num_virtual_tokens, int)
                                                                        and self.num_virtual_tokens >= 1),
              "a whole number >= 1"),
@@ -221,30 +186,18 @@ class RunConfig:
         check_options(self.method, {k: getattr(self, k) for k in METHOD_OPTIONS})
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"precision={self.precision!r} is invalid: use auto, fp32, bf16 or fp16.")
-        if self.attention not in ("auto", "sdpa", "eager"):
-            raise UserError(f"attention={self.attention!r} is invalid: use auto, sdpa or eager.")
-        if self.last_layer not in ("head-token", "all-tokens"):
-            raise UserError(f"last_layer={self.last_layer!r} is invalid: use head-token or all-tokens.")
-        if self.dropout_masks not in ("16-bit", "bernoulli"):
-            raise UserError(f"dropout_masks={self.dropout_masks!r} is invalid: use 16-bit or bernoulli.")
-        if self.eval_precision not in ("fp32", "bf16"):
-            raise UserError(f"eval_precision={self.eval_precision!r} is invalid: use fp32 or bf16.")
-        if self.precision in ("bf16", "fp16") or self.eval_precision == "bf16":
+        if self.precision in ("bf16", "fp16"):
             import torch
 
             from .hardware import cpu_has_bf16
 
-            # (setting, what to use instead on this machine, instead on a GPU without bf16)
-            for name, instead, on_gpu in (("precision", "auto or fp32", "fp16 (or auto)"),
-                                          ("eval_precision", "fp32", "fp32")):
-                value = getattr(self, name)
-                if value == "fp16" and not torch.cuda.is_available():
-                    raise UserError(f"{name}=fp16 needs a CUDA GPU: use {instead} on this machine.")
-                if value == "bf16" and not torch.cuda.is_available() and not cpu_has_bf16():
-                    raise UserError(f"{name}=bf16 needs a CUDA GPU or a CPU with bf16 matrix units (AMX or "
-                                    f"AVX512-BF16), which this one lacks: use {instead} on this machine.")
-                if value == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-                    raise UserError(f"this GPU has no bf16: use {name} {on_gpu}.")
+            if self.precision == "fp16" and not torch.cuda.is_available():
+                raise UserError("precision=fp16 needs a CUDA GPU: use auto or fp32 on this machine.")
+            if self.precision == "bf16" and not torch.cuda.is_available() and not cpu_has_bf16():
+                raise UserError("precision=bf16 needs a CUDA GPU or a CPU with bf16 matrix units (AMX or "
+                                "AVX512-BF16), which this one lacks: use auto or fp32 on this machine.")
+            if self.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+                raise UserError("this GPU has no bf16: use precision fp16 (or auto).")
         if self.metric_for_best not in (None, "accuracy", "f1"):
             raise UserError(f"metric_for_best={self.metric_for_best!r} is invalid: use accuracy or f1.")
         if self.metric_for_best is not None and not self.validation:
@@ -275,6 +228,14 @@ class RunConfig:
         if self.output_dir is not None and not str(self.output_dir).strip():
             raise UserError("output_dir is empty: give a folder name, e.g. saved_adapters/my-adapter.")
 
+    @property
+    def model_source(self) -> str:
+        """What from_pretrained loads: the folder of an offline packaged model ('minilm', 'smollm2'; SmolLM2 is
+        converted on first use), otherwise the model as given (a Hub id or a local folder)."""
+        from .offline import offline_model_name, offline_model_path
+
+        return str(offline_model_path(self.model)) if offline_model_name(self.model) else self.model
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -294,6 +255,10 @@ class RunConfig:
                  **{k: options[k] for k in spec.options}}
         return replace(self, **{k: v for k, v in tuned.items() if getattr(self, k) is None})
 
+    def total_steps(self, train_examples: int) -> int:
+        """Optimizer steps of the whole run (as the Trainer counts them: partial last batch included)."""
+        return math.ceil(self.epochs * max(1, math.ceil(train_examples / self.batch_size)))
+
     def is_resolved(self) -> bool:
         needed = ["epochs", "learning_rate", "eval_batch_size",
                   *(k for k in get_method(self.method).options if k not in ("target_modules", "layers"))]
@@ -308,17 +273,14 @@ class RunConfig:
 
     def run_identity(self) -> dict:
         """The settings that define what a training run computes: a checkpoint may only be resumed by a run
-        with the same ones (where checkpoints and the adapter go, how many texts evaluation batches hold, in what
-        precision evaluation runs, whether validation is watched, which kernel computes the attention, whether the
-        last layer computes the head's token alone and how dropout masks are drawn do not matter)."""
+        with the same ones (where checkpoints and the adapter go and how many texts evaluation batches hold do not
+        matter; validation does: each pass draws from torch's generator, which the later batches come from)."""
         return {k: v for k, v in self.to_dict().items()
-                if k not in ("output_dir", "checkpoint_dir", "save_steps", "eval_batch_size", "validation",
-                             "eval_precision", "attention", "last_layer", "dropout_masks")}
+                if k not in ("output_dir", "checkpoint_dir", "save_steps", "eval_batch_size")}
 
 
 # eval_batch_size left at None is this many times batch_size: a forward pass without the activations a backward pass
-# keeps needs a fraction of a training step's memory, and MiniLM on a CPU evaluates 1.16-1.26x more examples/s at 64
-# than at 16 (BENCHMARKS.md, "Levers").
+# keeps needs a fraction of a training step's memory.
 EVAL_BATCH_FACTOR = 4
 
 
@@ -327,8 +289,8 @@ LOG_BACKENDS = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow", 
 
 
 def log_dir(cfg: RunConfig) -> Path:
-    """Where TensorBoard logs go: beside the checkpoints, which are deleted once the adapter is saved."""
-    return Path(f"{cfg.checkpoint_dir}-logs")
+    """Where TensorBoard logs go: beside the adapter (the checkpoints are deleted once it is saved)."""
+    return Path(str(cfg.output_dir).rstrip("/\\") + "-logs")
 
 
 # LoRA and training settings per architecture family (`config.model_type`), tuned on Rotten Tomatoes with the

@@ -547,11 +547,17 @@ def load_data(
     return data
 
 
-def load_run_data(cfg) -> DatasetDict:
-    """The data of a run (`config.RunConfig`), subset as configured: what the command line and notebook use."""
-    data = load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed, dataset=cfg.dataset,
-                     dataset_config=cfg.dataset_config, text_pair_column=cfg.text_pair_column,
-                     splits={"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split})
+def load_run_data(cfg, loaded: DatasetDict | None = None) -> DatasetDict:
+    """The data of a run (`config.RunConfig`), checked and subset as configured: what the command line and the
+    notebook use. `loaded`: the Hub's Rotten Tomatoes as the notebook loads it with load_dataset; otherwise the
+    data cfg names is loaded here."""
+    if loaded is not None:
+        check_dataset(loaded)
+        data = loaded
+    else:
+        data = load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed, dataset=cfg.dataset,
+                         dataset_config=cfg.dataset_config, text_pair_column=cfg.text_pair_column,
+                         splits={"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split})
     return subsample(data, cfg.train_size, cfg.eval_size, cfg.seed)
 
 
@@ -573,13 +579,6 @@ def check_dataset(data: DatasetDict) -> None:
             raise UserError(
                 f"{split} split has {len(bad)} empty or missing text(s) (first at row {bad[0] + 1}): remove those rows."
             )
-
-
-def label_balance(data: DatasetDict) -> pd.DataFrame:
-    """Examples per label and split: a skewed split makes accuracy misleading."""
-    names = label_names(data)
-    counts = {split: np.bincount(ds["label"], minlength=len(names)).tolist() for split, ds in data.items()}
-    return pd.DataFrame(counts, index=names).rename_axis("label")
 
 
 def label_names(data: DatasetDict) -> list[str]:

@@ -8,6 +8,7 @@ TORCH_MINIMUM and never installed.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import re
 import subprocess
@@ -67,8 +68,9 @@ def install_command(names: list[str], path: str | Path = REQUIREMENTS) -> list[s
 
 
 def ensure_supported(path: str | Path = REQUIREMENTS, install: bool = True) -> bool:
-    """The notebook's set-up step. True when everything is in range and nothing was installed. Otherwise installs
-    (if `install`) and prints one sentence: what changed, and that the runtime must be restarted."""
+    """The notebook's set-up step. Installs what is missing or outside the range (if `install`), and returns False
+    only when the runtime must be restarted: when a package that this Python process has already imported was
+    upgraded (the old version stays in memory). A package that was missing is importable at once."""
     torch_message = torch_problem()
     if torch_message:
         raise RuntimeError(torch_message)
@@ -80,9 +82,14 @@ def ensure_supported(path: str | Path = REQUIREMENTS, install: bool = True) -> b
         print(f"Outside the supported range ({listing}): pip install -r {path}, then restart.")
         return False
     subprocess.check_call(install_command(list(found), path))
-    print(f"Installed or upgraded {', '.join(found)} ({listing}): restart the runtime now "
-          "(Colab: Runtime > Restart session), then run all cells again.")
-    return False
+    importlib.invalidate_caches()
+    stale = [name for name, what in found.items() if what != "missing" and _SHORT.get(name, name).replace("-", "_") in sys.modules]
+    if stale:
+        print(f"Installed or upgraded {', '.join(found)} ({listing}); {', '.join(stale)} was already imported: restart "
+              "the runtime now (Colab: Runtime > Restart session), then run all cells again.")
+        return False
+    print(f"Installed {', '.join(found)} ({listing}).")
+    return True
 
 
 def unsupported_message(path: str | Path = REQUIREMENTS) -> str | None:

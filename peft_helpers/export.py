@@ -15,7 +15,7 @@ from .data import load_run_data, tokenize
 from .errors import UserError
 from .evaluation import RELOAD_TOLERANCE, predict_logits
 from .methods import get_method
-from .persistence import METADATA_FILE, check_can_save, load_adapter, model_card, read_metadata, write_folder
+from .persistence import METADATA_FILE, check_can_save, load_adapter, model_card, read_metadata, staged_folder
 
 
 def reference_texts(metadata: dict, limit: int = 512):
@@ -60,14 +60,12 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
     card = {**metadata, "export": {"from_adapter": str(Path(adapter_dir).resolve()), "checked_rows": len(reference),
                                    "max_logit_diff": difference}}
 
-    def write(tmp: Path) -> None:
+    with staged_folder(out_dir, overwrite, "files") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(card, indent=2, default=str))
         (tmp / "README.md").write_text(model_card(card, merged=True))
-
-    target = write_folder(out_dir, write, overwrite, "files")
-    return {"out_dir": str(target), "checked_rows": len(reference), "max_logit_diff": difference}
+    return {"out_dir": str(out_dir), "checked_rows": len(reference), "max_logit_diff": difference}
 
 
 def push_to_hub(folder: str | Path, repo_id: str) -> str:

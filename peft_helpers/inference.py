@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from .errors import UserError
 from .evaluation import predict_logits
-from .modeling import max_positions
+from .methods import max_positions
 
 
 @dataclass
@@ -52,14 +52,10 @@ def predict(model, tokenizer, texts: list[str] | str, batch_size: int = 32, max_
 
 def load_for_prediction(adapter_dir: str | Path, base_model: str | None = None, device: str | None = None):
     """A saved adapter ready to classify, as the predict command loads it: persistence.load_adapter's model (the
-    same checks), with the last encoder layer of a BERT-type classifier computing the one position its head reads
-    (head_token.py, as a run's training and evaluation do: about 13% fewer products, the stock logits within 1e-5;
-    other models as they load). Returns (model, tokenizer)."""
-    from .head_token import compute_head_token_only
+    same checks). Returns (model, tokenizer)."""
     from .persistence import load_adapter
 
     model, tokenizer, _ = load_adapter(adapter_dir, base_model=base_model, device=device)
-    compute_head_token_only(model)
     return model, tokenizer
 
 

@@ -1,5 +1,6 @@
 """Every PEFT method the package trains, in one table: which options each takes, its defaults, which architectures it
-fits, and the peft config it builds. `config.RunConfig.method` names one; `peft_config(model, cfg)` builds it.
+fits, and `peft_config(model, cfg)`: the one function that builds a method's peft config from a RunConfig.
+Imports nothing else of the package but errors, so config, modeling and the notebook can all use it.
 
 One entry per method, as peft has one config class per method. Learning rates are given relative to the
 architecture family's LoRA rate (config.FAMILY_DEFAULTS), because what differs between families (an encoder of 6
@@ -10,9 +11,13 @@ against rank-16 updates of every projection) is the order of magnitude (BENCHMAR
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass, field
 
+import peft
 import torch
+from peft.utils import other
+from transformers.pytorch_utils import Conv1D
 
 from .errors import UserError
 
@@ -88,74 +93,112 @@ def qlora_problem() -> str | None:
     return None
 
 
-def check_fits(method: str, model_config, max_length: int, num_virtual_tokens: int | None, uses_conv1d: bool) -> None:
-    """Refuse a method that cannot work on this architecture or with these lengths, saying why, before any
-    weights load. `uses_conv1d`: the targets are GPT-2-style Conv1D layers."""
-    spec = get_method(method)
-    if method == "qlora" and (problem := qlora_problem()):
-        raise UserError(problem + ".")
-    if uses_conv1d and not spec.conv1d:
-        raise UserError(f"method {method} does not fit {model_config.model_type}: its layers are Conv1D (weights "
-                        f"stored transposed), which peft's {method} cannot adapt; use lora, dora, ia3 or vera.")
-    if spec.prompt:
-        from .modeling import max_positions
-
-        limit = max_positions(model_config)
-        tokens = num_virtual_tokens or DEFAULT_VIRTUAL_TOKENS
-        if limit is not None and tokens + max_length > limit:
-            fix = (f"num_virtual_tokens <= {limit - max_length}" if limit > max_length else
-                   f"max_length <= {limit - tokens}")
-            raise UserError(f"num_virtual_tokens={tokens} + max_length={max_length} exceeds the model's {limit} "
-                            f"positions (virtual tokens take positions too): use {fix}.")
+# Heads of *ForSequenceClassification models: GPT-2/Llama call it `score`, BERT-style models `classifier`.
+HEAD_NAMES = ("score", "classifier")
 
 
-def check_prefix_tuning(model) -> None:
-    """Prefix tuning hands its virtual keys and values to the model as `past_key_values`; a classifier whose
-    forward takes none cannot use it (transformers 5 renamed the argument to `cache` in GPT-2 and Llama, and BERT's
-    classifier never had it), and peft would fail only at the first batch."""
-    import inspect
+def head_name(model) -> str:
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise UserError(f"{type(model).__name__} has no 'score' or 'classifier' head; it is not a sequence classifier.")
 
-    if "past_key_values" not in inspect.signature(type(model).forward).parameters:
-        import transformers
 
-        raise UserError(f"method prefix_tuning does not fit {type(model).__name__} in transformers "
-                        f"{transformers.__version__}: its forward takes no past_key_values, where peft puts the "
-                        "prefix; use prompt_tuning or p_tuning.")
+def reads_last_token(model) -> bool:
+    """Decoder classifiers (GPT-2, Llama: head `score`) read the last real token; encoders read [CLS]."""
+    return head_name(model) == "score"
+
+
+def max_positions(config) -> int | None:
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def matching_modules(model, targets: list[str]) -> list[torch.nn.Module]:
+    """The modules whose name is, or ends in, one of `targets` (how peft matches target_modules given as names)."""
+    return [module for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)]
+
+
+def uses_conv1d(model, targets: list[str]) -> bool:
+    """GPT-2's attention uses Conv1D, whose weight is stored transposed (in, out) compared with nn.Linear: LoRA
+    needs fan_in_fan_out=True there."""
+    return any(isinstance(module, Conv1D) for module in matching_modules(model, targets))
 
 
 def default_targets(method: str, model_type: str) -> list[str] | None:
     """peft's per-architecture default targets for the method (None if peft has none for this model type)."""
-    from peft.utils import other
-
     table = "IA3" if method == "ia3" else "VERA" if method == "vera" else "LORA"
     mapping = getattr(other, f"TRANSFORMERS_MODELS_TO_{table}_TARGET_MODULES_MAPPING", {})
     targets = mapping.get(model_type)
     return list(targets) if targets else None
 
 
-def feedforward_modules(model_type: str, targets: list[str]) -> list[str]:
-    """IA3 scales a feed-forward layer's input and an attention projection's output: peft needs to know which
-    targets are feed-forward."""
-    from peft.utils import other
+def adapter_targets(model, cfg) -> list[str] | None:
+    """The modules the method adapts (None for prompt methods): the run's, or peft's default for the method."""
+    if get_method(cfg.method).prompt:
+        return None
+    targets = list(cfg.target_modules) if cfg.target_modules else default_targets(cfg.method, model.config.model_type)
+    if not targets:
+        raise UserError(f"no default {cfg.method} targets for model type {model.config.model_type!r}: pass "
+                        "target_modules, e.g. the attention projections' names from print(model).")
+    if not matching_modules(model, targets):
+        raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
+    return targets
 
-    known = other.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type) or []
-    return [t for t in targets if t in known]
+
+def check_fits(model, cfg) -> list[str] | None:
+    """Refuse a method that cannot work on this architecture or with these lengths, saying why (works on an
+    empty-weights skeleton, so before any weights load). Returns the method's target modules (None for prompt
+    methods)."""
+    spec = get_method(cfg.method)
+    if cfg.method == "qlora" and (problem := qlora_problem()):
+        raise UserError(problem + ".")
+    targets = adapter_targets(model, cfg)
+    count = getattr(model.config, "num_hidden_layers", None)
+    if cfg.layers and count is not None and max(cfg.layers) >= count:
+        raise UserError(f"layers {cfg.layers}: this model has {count} layers, numbered 0 to {count - 1}.")
+    if targets is not None and uses_conv1d(model, targets) and not spec.conv1d:
+        raise UserError(f"method {cfg.method} does not fit {model.config.model_type}: its layers are Conv1D (weights "
+                        f"stored transposed), which peft's {cfg.method} cannot adapt; use lora, dora, ia3 or vera.")
+    if spec.prompt:
+        limit = max_positions(model.config)
+        tokens = cfg.num_virtual_tokens or DEFAULT_VIRTUAL_TOKENS
+        if limit is not None and tokens + cfg.max_length > limit:
+            fix = (f"num_virtual_tokens <= {limit - cfg.max_length}" if limit > cfg.max_length else
+                   f"max_length <= {limit - tokens}")
+            raise UserError(f"num_virtual_tokens={tokens} + max_length={cfg.max_length} exceeds the model's {limit} "
+                            f"positions (virtual tokens take positions too): use {fix}.")
+    # Prefix tuning hands its virtual keys and values to the model as `past_key_values`; a classifier whose forward
+    # takes none cannot use it (transformers 5 renamed it in GPT-2 and Llama, BERT's classifier never had it), and
+    # peft would fail only at the first batch.
+    if cfg.method == "prefix_tuning" and "past_key_values" not in inspect.signature(type(model).forward).parameters:
+        import transformers
+
+        raise UserError(f"method prefix_tuning does not fit {type(model).__name__} in transformers "
+                        f"{transformers.__version__}: its forward takes no past_key_values, where peft puts the "
+                        "prefix; use prompt_tuning or p_tuning.")
+    return targets
 
 
-def padding_side(method: str, reads_last_token: bool) -> str:
+def padding_side(method: str, reads_last: bool) -> str:
     """Prompt tuning and P-tuning hand the model embeddings, not token ids, so a decoder's head (which finds the
     last real token from the ids) reads the last position: padding must go on the left for that to be a real token.
     Everything else pads on the right."""
-    return "left" if reads_last_token and method in ("prompt_tuning", "p_tuning") else "right"
+    return "left" if reads_last and method in ("prompt_tuning", "p_tuning") else "right"
 
 
-def build_config(method: str, cfg, model_type: str, targets: list[str] | None, fan_in_fan_out: bool, head: str,
-                 total_steps: int | None = None):
-    """The peft config of `method` with the run's resolved options. `targets` are already checked to match."""
-    import peft
-    from peft import TaskType
-
-    task = TaskType.SEQ_CLS
+def peft_config(model, cfg, total_steps: int | None = None):
+    """The peft config of cfg.method for `model` with the run's resolved options (cfg: a resolved RunConfig):
+    targets per architecture, Conv1D layout for GPT-2, and the new head trained in full and saved with the adapter
+    (modules_to_save). `total_steps` (optimizer steps of the run, training.total_steps) sets AdaLoRA's schedule.
+    For method="lora" this is the LoraConfig the notebook writes out."""
+    cfg.require_resolved()
+    targets = check_fits(model, cfg)
+    method, head, task = cfg.method, head_name(model), peft.TaskType.SEQ_CLS
+    fan_in_fan_out = targets is not None and uses_conv1d(model, targets)
     if method in ("lora", "dora", "rslora", "pissa", "qlora"):
         extra = {"dora": {"use_dora": True}, "rslora": {"use_rslora": True},
                  "pissa": {"init_lora_weights": "pissa_niter_4"}}.get(method, {})
@@ -177,8 +220,11 @@ def build_config(method: str, cfg, model_type: str, targets: list[str] | None, f
         return cls(task_type=task, r=cfg.r, alpha=cfg.alpha, rank_dropout=cfg.dropout, target_modules=targets,
                    modules_to_save=[head], layers_to_transform=cfg.layers)
     if method == "ia3":
+        # IA3 scales a feed-forward layer's input and an attention projection's output: peft needs to know which
+        # targets are feed-forward.
+        known = other.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model.config.model_type) or []
         return peft.IA3Config(task_type=task, target_modules=targets,
-                              feedforward_modules=feedforward_modules(model_type, targets),
+                              feedforward_modules=[t for t in targets if t in known],
                               fan_in_fan_out=fan_in_fan_out, modules_to_save=[head])
     if method == "vera":
         # save_projection: the shared random matrices go into the adapter file, so any machine reloads it exactly.
@@ -190,6 +236,4 @@ def build_config(method: str, cfg, model_type: str, targets: list[str] | None, f
     if method == "p_tuning":
         return peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens,
                                         encoder_hidden_size=128)
-    if method == "prefix_tuning":
-        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens)
-    raise UserError(f"method={method!r} is not known: use one of {', '.join(METHODS)}.")
+    return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens)

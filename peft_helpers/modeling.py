@@ -1,4 +1,5 @@
-"""Loading a pretrained model for sequence classification and wrapping it in a LoRA adapter."""
+"""Loading a pretrained model for sequence classification (stock from_pretrained, with checks) and wrapping it in
+the run's PEFT method (methods.peft_config, then peft's get_peft_model)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft import PeftModel, get_peft_model
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -17,16 +17,12 @@ from transformers import (
     PreTrainedTokenizerBase,
     set_seed,
 )
-from transformers.pytorch_utils import Conv1D
 
 from .compat import dtype_kwarg
 from .config import RunConfig
 from .errors import UserError
-from .methods import build_config, check_fits, check_prefix_tuning, default_targets, get_method, padding_side
+from .methods import HEAD_NAMES, check_fits, max_positions, padding_side, peft_config, reads_last_token
 from .offline import OFFLINE_MODELS, offline_model_name, offline_model_path
-
-# Heads of *ForSequenceClassification models: GPT-2/Llama call it `score`, BERT-style models `classifier`.
-HEAD_NAMES = ("score", "classifier")
 
 
 def resolve_model(model: str) -> str:
@@ -79,14 +75,6 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def max_positions(config) -> int | None:
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None) -> None:
     """Catch pairings that would crash deep in a forward pass or silently read garbage embeddings."""
     vocab = model.get_input_embeddings().num_embeddings
@@ -100,50 +88,39 @@ def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         raise UserError(f"max_length={max_length} exceeds the model's {limit} positions: use max_length <= {limit}.")
 
 
-def load_model(
-    model: str, label_names: list[str], seed: int = 42, max_length: int | None = None, device: str | None = None,
-    quantize_4bit: bool = False, attention: str = "auto",
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def from_pretrained_kwargs(method: str = "lora") -> dict:
+    """What from_pretrained needs besides the labels: float32 weights, as trained (transformers 5 loads a checkpoint
+    in its stored dtype, often bf16); for QLoRA the 4-bit base."""
+    return quantization_kwargs() if method == "qlora" else dtype_kwarg(torch.float32)
+
+
+def ready_for_classification(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, method: str = "lora",
+                             max_length: int | None = None, device: str | None = None) -> PreTrainedModel:
+    """After from_pretrained: a pad token where the tokenizer has none (GPT-2), the padding side the method needs,
+    the checks that catch a wrong tokenizer or max_length, and the model on the device (QLoRA: its 4-bit base is
+    placed already; layer norms go to fp32 and inputs need gradients)."""
+    ensure_pad_token(tokenizer, model)
+    check_compatible(model, tokenizer, max_length)
+    tokenizer.padding_side = padding_side(method, reads_last_token(model))
+    if method == "qlora":  # a reloaded PeftModel (AutoPeftModel...from_pretrained) is ready as it is
+        from peft import prepare_model_for_kbit_training
+
+        return model if isinstance(model, PeftModel) else prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model.to(device or default_device())
+
+
+def load_model(model: str, label_names: list[str], seed: int = 42, max_length: int | None = None,
+               device: str | None = None, method: str = "lora") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A pretrained model with a freshly initialised (seeded) classification head for `label_names`, and its
-    tokenizer with a pad token. Never runs remote code. `quantize_4bit`: the base in NF4 (QLoRA; CUDA only).
-    `attention`: "auto" (the model's default) or an attn_implementation for transformers, "sdpa" or "eager"."""
+    tokenizer, ready_for_classification: the notebook's loading cell in one call. Never runs remote code."""
     load_config(model)  # clear errors before any weights are read
     tokenizer = load_tokenizer(model)
     set_seed(seed)  # the new head's initial weights
     id2label = dict(enumerate(label_names))
-    extra = quantization_kwargs() if quantize_4bit else dtype_kwarg(torch.float32)
-    if attention != "auto":  # chosen when the model loads: transformers 4.46 fixes the attention modules there
-        extra["attn_implementation"] = attention
     net = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(model),
-        num_labels=len(label_names),
-        id2label=id2label,
-        label2id={name: i for i, name in id2label.items()},
-        **extra,
-    )
-    ensure_pad_token(tokenizer, net)
-    check_compatible(net, tokenizer, max_length)
-    if quantize_4bit:  # placed on the GPU by the quantised loading; layer norms to fp32, inputs need gradients
-        from peft import prepare_model_for_kbit_training
-
-        return prepare_model_for_kbit_training(net, use_gradient_checkpointing=False), tokenizer
-    return net.to(device or default_device()), tokenizer
-
-
-def set_model_dropout(model: torch.nn.Module, p: float | None) -> None:
-    """Set every dropout of the pretrained model to `p` (None: leave the model's own). Call it before the adapter
-    is added, so the adapter's own dropout keeps its setting. Covers nn.Dropout modules (BERT, GPT-2; BERT's
-    attention dropout in transformers 5) and the dropout probabilities attention modules keep as plain floats and
-    hand to their attention kernel: Llama-style `attention_dropout`, BERT's `dropout_prob` in transformers 4.x."""
-    if p is None:
-        return
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
-            continue
-        for name, value in vars(module).items():
-            if "dropout" in name and isinstance(value, float):
-                setattr(module, name, p)
+        resolve_model(model), num_labels=len(label_names), id2label=id2label,
+        label2id={name: i for i, name in id2label.items()}, **from_pretrained_kwargs(method))
+    return ready_for_classification(net, tokenizer, method, max_length, device), tokenizer
 
 
 def quantization_kwargs() -> dict:
@@ -169,92 +146,6 @@ def default_device() -> str:
     return "cpu"
 
 
-def head_name(model: PreTrainedModel) -> str:
-    for name in HEAD_NAMES:
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name
-    raise UserError(f"{type(model).__name__} has no 'score' or 'classifier' head; it is not a sequence classifier.")
-
-
-def default_target_modules(model: PreTrainedModel) -> list[str]:
-    model_type = model.config.model_type
-    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
-    if not targets:
-        raise UserError(
-            f"no default LoRA targets for model type {model_type!r}: pass target_modules, e.g. the attention "
-            "projections' names from print(model)."
-        )
-    return list(targets)
-
-
-def lora_config(model: PreTrainedModel, cfg: RunConfig) -> LoraConfig:
-    """LoRA settings for `model`: per-architecture targets, Conv1D layout for GPT-2, a trained and saved head."""
-    cfg.require_resolved()
-    targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(model)
-    check_layers(model.config, cfg.layers)
-    if not matching_modules(model, targets):
-        raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
-    fan_in_fan_out = uses_conv1d(model, targets)
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-        fan_in_fan_out=fan_in_fan_out,
-        modules_to_save=[head_name(model)],
-        layers_to_transform=cfg.layers,
-    )
-
-
-def matching_modules(model: PreTrainedModel, targets: list[str]) -> list[torch.nn.Module]:
-    """The modules whose name is, or ends in, one of `targets` (how peft matches target_modules given as names)."""
-    return [module for name, module in model.named_modules() if any(name == t or name.endswith("." + t) for t in targets)]
-
-
-def uses_conv1d(model: PreTrainedModel, targets: list[str]) -> bool:
-    """GPT-2's attention uses Conv1D, whose weight is stored transposed (in, out) compared with nn.Linear: LoRA
-    needs fan_in_fan_out=True there."""
-    return any(isinstance(module, Conv1D) for module in matching_modules(model, targets))
-
-
-def reads_last_token(model: PreTrainedModel) -> bool:
-    """Decoder classifiers (GPT-2, Llama: head `score`) read the last real token; encoders read [CLS]."""
-    return head_name(model) == "score"
-
-
-def adapter_targets(model: PreTrainedModel, cfg: RunConfig) -> list[str] | None:
-    """The modules the method adapts (None for prompt methods): the run's, or peft's default for the method."""
-    if get_method(cfg.method).prompt:
-        return None
-    targets = list(cfg.target_modules) if cfg.target_modules else default_targets(cfg.method, model.config.model_type)
-    if not targets:
-        raise UserError(f"no default {cfg.method} targets for model type {model.config.model_type!r}: pass "
-                        "target_modules, e.g. the attention projections' names from print(model).")
-    if not matching_modules(model, targets):
-        raise UserError(f"target_modules {targets} match no module of {type(model).__name__}; see print(model).")
-    return targets
-
-
-def check_layers(config, layers: list[int] | None) -> None:
-    """Refuse layer numbers the model does not have (peft would say only that no target module was found)."""
-    count = getattr(config, "num_hidden_layers", None)
-    if layers and count is not None and max(layers) >= count:
-        raise UserError(f"layers {layers}: this model has {count} layers, numbered 0 to {count - 1}.")
-
-
-def check_method_fits(model: PreTrainedModel, cfg: RunConfig) -> list[str] | None:
-    """Refuse a method that does not fit this architecture or these lengths (works on an empty-weights model).
-    Returns the method's target modules (None for prompt methods)."""
-    targets = adapter_targets(model, cfg)
-    check_layers(model.config, cfg.layers)
-    check_fits(cfg.method, model.config, cfg.max_length, cfg.num_virtual_tokens,
-               targets is not None and uses_conv1d(model, targets))
-    if cfg.method == "prefix_tuning":
-        check_prefix_tuning(model)
-    return targets
-
-
 def skeleton(model: str) -> PreTrainedModel:
     """The classifier's structure built from config.json with empty weights: module types, no memory, no weights."""
     from accelerate import init_empty_weights
@@ -270,20 +161,9 @@ def is_decoder(model: str) -> bool:
 
 
 def check_method_before_loading(cfg: RunConfig) -> None:
-    """check_method_fits on the model's skeleton: a method that cannot work is refused before data or weights
+    """methods.check_fits on the model's skeleton: a method that cannot work is refused before data or weights
     load."""
-    check_method_fits(skeleton(cfg.model), cfg)
-
-
-def peft_config(model: PreTrainedModel, cfg: RunConfig, total_steps: int | None = None):
-    """The peft config of cfg.method for `model`: per-architecture targets, Conv1D layout for GPT-2, and the new
-    head trained and saved (modules_to_save). `total_steps` (optimizer steps) is needed by AdaLoRA's schedule."""
-    cfg.require_resolved()
-    if cfg.method == "lora":
-        return lora_config(model, cfg)  # the notebook writes this one out
-    targets = check_method_fits(model, cfg)
-    conv1d = targets is not None and uses_conv1d(model, targets)
-    return build_config(cfg.method, cfg, model.config.model_type, targets, conv1d, head_name(model), total_steps)
+    check_fits(skeleton(cfg.model), cfg)
 
 
 def create_peft_model(model: PreTrainedModel, cfg: RunConfig, total_steps: int | None = None) -> PeftModel:
@@ -304,15 +184,6 @@ def freeze_adalora_ranknum(peft_model: PeftModel) -> None:
     for name, param in peft_model.named_parameters():
         if ".ranknum." in name:
             param.requires_grad_(False)
-
-
-def create_lora_model(model: PreTrainedModel, cfg: RunConfig) -> PeftModel:
-    """create_peft_model under its older name (cfg.method decides the method)."""
-    return create_peft_model(model, cfg)
-
-
-def set_padding_side(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, method: str) -> None:
-    tokenizer.padding_side = padding_side(method, reads_last_token(model))
 
 
 @dataclass

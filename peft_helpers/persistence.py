@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +20,8 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from .errors import UserError
-from .modeling import base_identity, check_compatible, ensure_pad_token, load_model, set_padding_side
+from .methods import padding_side, reads_last_token
+from .modeling import base_identity, check_compatible, ensure_pad_token, load_model
 
 METADATA_FILE = "peft_helpers.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -116,48 +118,66 @@ def restore_saved_modules(model: PeftModel, weights_file: Path) -> None:
         save_file({**converted, **missing}, str(weights_file), metadata={"format": "pt"})
 
 
-def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: dict, overwrite: bool = False,
-                 initial_adapter: str | Path | None = None) -> Path:
-    """Write adapter weights (safetensors), the tokenizer and `metadata` to `output_dir`.
+def is_pissa(model: PeftModel) -> bool:
+    initial = getattr(model.peft_config[model.active_adapter], "init_lora_weights", None)
+    return isinstance(initial, str) and initial.startswith("pissa")
 
-    Everything is written to a temporary folder beside `output_dir` and renamed into place only when complete,
-    so a crash, a full disk or Ctrl-C leaves either the old adapter or the new one, never a mix. An existing
-    adapter is replaced only with `overwrite=True`. `initial_adapter` (PiSSA): the folder save_initial_adapter
-    wrote before training; the adapter is saved converted to fit the original base weights.
-    """
+
+@contextlib.contextmanager
+def saving(output_dir: str | Path, model: PeftModel, metadata: dict, overwrite: bool = False,
+           initial_adapter: str | Path | None = None):
+    """Yields a temporary folder beside `output_dir` for the caller's peft `save_pretrained` calls (the adapter,
+    the tokenizer); on leaving the block it adds `metadata` (peft_helpers.json) and a model card and renames the
+    folder into place, so a crash, a full disk or Ctrl-C leaves the old adapter or the new one, never a mix. An
+    existing adapter is replaced only with `overwrite=True`. A PiSSA adapter is saved again converted to a plain
+    LoRA adapter that fits the original base weights, from `initial_adapter` (the untrained one that
+    training.SaveInitialAdapter wrote before training)."""
     if not isinstance(model, PeftModel):
-        raise UserError("save_adapter expects the PeftModel from create_peft_model (not the base model).")
+        raise UserError("saving expects the PeftModel made by get_peft_model (not the base model).")
+    if is_pissa(model) and (initial_adapter is None or not Path(initial_adapter).is_dir()):
+        raise UserError(f"a PiSSA adapter needs its untrained adapter to be converted, but {initial_adapter} does "
+                        "not exist: train with training_callbacks(cfg), which saves it.")
     full = {**metadata, "versions": versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    convert = {} if initial_adapter is None else {"path_initial_model_for_weight_conversion": str(initial_adapter)}
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True, **convert)
-        if convert:
+    with staged_folder(output_dir, overwrite) as tmp:
+        yield tmp
+        if not (tmp / ADAPTER_WEIGHTS).is_file():
+            raise UserError("nothing was saved in the block: call peft_model.save_pretrained(folder) there.")
+        if is_pissa(model):
+            model.save_pretrained(tmp, safe_serialization=True,
+                                  path_initial_model_for_weight_conversion=str(initial_adapter))
             restore_saved_modules(model, tmp / ADAPTER_WEIGHTS)
-        tokenizer.save_pretrained(tmp)
         (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, default=str))
         (tmp / "README.md").write_text(model_card(full, merged=False))
 
-    return write_folder(output_dir, write, overwrite)
+
+def save_adapter(model: PeftModel, tokenizer, output_dir: str | Path, metadata: dict, overwrite: bool = False,
+                 initial_adapter: str | Path | None = None) -> Path:
+    """peft's save_pretrained (adapter weights as safetensors and adapter_config.json) and the tokenizer's, through
+    `saving`: written to a temporary folder with `metadata` and renamed into place when complete."""
+    with saving(output_dir, model, metadata, overwrite, initial_adapter) as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    return Path(output_dir)
 
 
-def write_folder(output_dir: str | Path, write, overwrite: bool = False, what: str = "an adapter") -> Path:
-    """Fill a folder atomically: `write(tmp)` fills a temporary folder beside `output_dir`, which is renamed into
-    place only when complete, so a crash, a full disk or Ctrl-C leaves the old folder or the new one, never a mix.
-    An existing folder is replaced only with `overwrite=True`. Used for adapters and exports."""
+@contextlib.contextmanager
+def staged_folder(output_dir: str | Path, overwrite: bool = False, what: str = "an adapter"):
+    """Fill a folder atomically: the block fills the temporary folder it is given, beside `output_dir`, which is
+    renamed into place only when the block ends without an error, so a crash, a full disk or Ctrl-C leaves the old
+    folder or the new one, never a mix. An existing folder is replaced only with `overwrite=True`. Used for
+    adapters and exports."""
     target = Path(output_dir)
     recover_interrupted_save(target)
     check_can_save(target, overwrite, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        write(tmp)
+        yield tmp
         make_shareable(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def model_card(metadata: dict, merged: bool) -> str:
@@ -295,7 +315,7 @@ def load_adapter(
     transformers.logging.set_verbosity_error()  # the "head newly initialised" report: the adapter replaces it
     try:
         model, _ = load_model(base_name, saved_labels, seed=0, device=device,
-                              quantize_4bit=metadata.get("config", {}).get("method") == "qlora")
+                              method=metadata.get("config", {}).get("method", "lora"))
     finally:
         transformers.logging.set_verbosity(verbosity)
     if type(model).__name__ != metadata["architecture"]:
@@ -305,7 +325,7 @@ def load_adapter(
         )
     check_base(metadata, base_name, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))  # the tokenizer saved with the adapter
-    set_padding_side(tokenizer, model, metadata.get("config", {}).get("method", "lora"))
+    tokenizer.padding_side = padding_side(metadata.get("config", {}).get("method", "lora"), reads_last_token(model))
     ensure_pad_token(tokenizer, model)
     check_compatible(model, tokenizer)
     try:
@@ -334,6 +354,6 @@ def check_loaded(peft_model: PeftModel, tokenizer, adapter_dir: str | Path) -> d
     check_base(metadata, base_name, adapter_dir)
     check_adapter_keys(peft_model, adapter_dir)
     ensure_pad_token(tokenizer, base)
-    set_padding_side(tokenizer, base, metadata.get("config", {}).get("method", "lora"))
+    tokenizer.padding_side = padding_side(metadata.get("config", {}).get("method", "lora"), reads_last_token(base))
     check_compatible(base, tokenizer)
     return metadata

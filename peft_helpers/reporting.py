@@ -1,12 +1,22 @@
-"""Numbers and pictures that compare the pretrained model with the fine-tuned one."""
+"""Numbers and pictures: label balance, the pretrained model against the fine-tuned one, learning curves."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from datasets import DatasetDict
 
+from .data import label_names
 from .metrics import METRIC_NAMES
+
+
+def label_balance(data: DatasetDict) -> pd.DataFrame:
+    """Examples per label and split: a skewed split makes accuracy misleading."""
+    names = label_names(data)
+    counts = {split: np.bincount(ds["label"], minlength=len(names)).tolist() for split, ds in data.items()}
+    return pd.DataFrame(counts, index=names).rename_axis("label")
 
 
 def comparison_table(baseline: dict, finetuned: dict) -> pd.DataFrame:
@@ -44,6 +54,23 @@ def plot_metrics(baseline: dict, finetuned: dict, ax=None):
     ax.set_title("Pretrained vs LoRA fine-tuned")
     ax.legend(loc="lower right")
     return ax
+
+
+def plot_comparison(baseline: dict, finetuned: dict, label_names: list[str], method: str = "lora"):
+    """One figure: the metrics before and after as grouped bars, then both confusion matrices."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    plot_metrics(baseline, finetuned, ax=axes[0])
+    axes[0].set_title(f"Pretrained vs {method} fine-tuned")
+    for ax, (title, metrics) in zip(axes[1:], (("pretrained", baseline), (f"{method} fine-tuned", finetuned))):
+        ConfusionMatrixDisplay(np.asarray(metrics["confusion_matrix"]), display_labels=label_names).plot(
+            ax=ax, colorbar=False, cmap="Blues")
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion_matrices(matrices: dict[str, list[list[int]]], label_names: list[str]):
@@ -123,6 +150,13 @@ def prediction_table(before, after) -> pd.DataFrame:
     for text, label_a, probs_a, label_b, probs_b in pairs:
         rows.append({"text": text, "before": f"{label_a} ({probs_a.max():.2f})", "after": f"{label_b} ({probs_b.max():.2f})"})
     return pd.DataFrame(rows)
+
+
+def per_class_report(labels, predictions, label_names: list[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, one row per class."""
+    from .metrics import per_class_metrics
+
+    return per_class_table(per_class_metrics(labels, predictions, label_names))
 
 
 def per_class_table(rows: list[dict]) -> pd.DataFrame:

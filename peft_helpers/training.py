@@ -1,5 +1,5 @@
-"""Training with the Hugging Face Trainer: its arguments, a seeded length-grouped sampler, checkpoints that only
-the same run may resume. Evaluation lives in evaluation.py."""
+"""Training with the stock Hugging Face Trainer: its arguments (the notebook writes the same call out), the callbacks
+some methods need, checkpoints that only the same run may resume. Evaluation lives in evaluation.py."""
 
 from __future__ import annotations
 
@@ -9,22 +9,18 @@ import json
 import math
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import DatasetDict
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import has_length
 
-from .compat import optimizer_state_loading, rng_state_loading
+from .compat import group_by_length, optimizer_state_loading, rng_state_loading
 from .config import RunConfig, log_dir
 from .distributed import is_main
-from .dropout_masks import draw_sixteen_bit_dropout_masks
 from .errors import UserError, batch_size_advice
-from .evaluation import eval_autocast
 from .metrics import compute_metrics
 from .modeling import default_device, freeze_adalora_ranknum
 
@@ -76,126 +72,21 @@ def compile_arguments(cfg: RunConfig) -> dict:
     return {"torch_compile": True} if cfg.compile else {}
 
 
-class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped batches (little padding) in an order that depends only on (seed, epoch).
-
-    The stock sampler draws from the global RNG, so a run resumed mid-epoch replays a different order than the
-    uninterrupted run would have; this one makes resumed and uninterrupted runs identical.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int, current_epoch=None):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-        self.current_epoch = current_epoch  # () -> int: the training loop's epoch, read when an epoch starts
-
-    def set_epoch(self, epoch: int) -> None:  # called by Trainer at the start of every epoch
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        # set_epoch does not always arrive: a run resumed mid-epoch under several processes iterates through
-        # accelerate's SkipBatchSampler(BatchSamplerShard(...)), which does not pass it on, and replayed the
-        # first epoch's order in the second (seen with torchrun). The Trainer's own epoch counter is always right.
-        if self.current_epoch is not None:
-            self.epoch = self.current_epoch()
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
 def balanced_class_weights(labels, num_labels: int) -> torch.Tensor:
     """n / (k * count of class c), scikit-learn's "balanced": every class weighs the same in the loss."""
     counts = torch.bincount(torch.as_tensor(list(labels)), minlength=num_labels).float()
     return counts.sum() / (num_labels * counts.clamp(min=1))
 
 
-class LengthGroupedTrainer(Trainer):
-    """The stock Trainer with one change: training batches come from SeededLengthGroupedSampler (texts of similar
-    length together, so dynamic padding adds almost nothing, in an order a resumed run replays exactly).
-    The notebook and the command line both train with it. `class_weights` (optional) weights the cross-entropy
-    per class, for imbalanced data. `dropout_masks` (RunConfig.dropout_masks): "16-bit" gives every plain dropout
-    of the model (and its adapter) masks drawn from 16-bit words (dropout_masks.py), and a BERT-type encoder's
-    attention dropout too (through its module instead of inside SDPA), except under torch_compile, whose generated
-    code draws its own; "bernoulli" leaves torch's."""
+def weighted_loss(class_weights: torch.Tensor):
+    """The Trainer's `compute_loss_func` for class_weights="balanced": cross-entropy weighted per class (imbalanced
+    data). Without class weights the model's own loss is used."""
 
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, eval_precision: str = "fp32",
-                 dropout_masks: str = "16-bit", **kwargs):
-        super().__init__(*args, **kwargs)
-        if dropout_masks == "16-bit" and not self.args.torch_compile:
-            draw_sixteen_bit_dropout_masks(self.model)  # evaluation never draws them
-        self.class_weights = class_weights
-        self.eval_precision = eval_precision  # validation's, as the run's test evaluations (RunConfig.eval_precision)
-        self._flops_per_token: int | None = None
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=class_weights.to(logits.device))
 
-    def floating_point_ops(self, inputs) -> int:
-        # The Trainer adds this estimate (6 x tokens x parameters without embeddings) to state.total_flos after every
-        # step, and the stock method counts the parameters again each time by walking every module: 1.3 ms a step
-        # for MiniLM, about 1% of the demo's time. The count does not change while training, so the first step's
-        # is kept; the value is the stock one (transformers 4.x and 5.x compute the same formula).
-        tokens = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
-        if tokens is None or tokens.numel() == 0:
-            return super().floating_point_ops(inputs)
-        if self._flops_per_token is None:
-            self._flops_per_token = int(super().floating_point_ops(inputs)) // tokens.numel()
-        return self._flops_per_token * tokens.numel()
-
-    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        if self.class_weights is None:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        weight = self.class_weights.to(outputs.logits.device)
-        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
-        return (loss, outputs) if return_outputs else loss
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        # Grouped by the global batch: with N processes, accelerate deals out consecutive per-process batches of
-        # this order, so each optimizer step sees the examples a single process with an N times larger batch sees.
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return SeededLengthGroupedSampler(batch, self._lengths(dataset), self.args.data_seed,
-                                          current_epoch=lambda: int(self.state.epoch or 0))
-
-    def _get_eval_sampler(self, eval_dataset):
-        # Validation in batches sorted by length, longest first, as evaluation.predict_logits does: almost no padding
-        # (MiniLM's validation pass: 5.7 s in the Trainer's stored order, 3.7 s sorted). Accuracy, F1 and the mean
-        # loss do not depend on the order in which the examples are scored.
-        if eval_dataset is None or not has_length(eval_dataset):
-            return super()._get_eval_sampler(eval_dataset)
-        return np.argsort(-np.asarray(self._lengths(eval_dataset)), kind="stable").tolist()
-
-    def _lengths(self, dataset) -> list[int]:
-        """Token counts per row: the length column tokenize() stored, or counted where the Trainer has already
-        dropped it (it drops the columns the model does not take)."""
-        column = self.args.length_column_name
-        return list(dataset[column]) if column in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
-
-    def evaluate(self, *args, **kwargs):
-        # Validation runs in batches of per_device_eval_batch_size (4x the training batch unless set): running out
-        # of memory there names --eval-batch-size, not the training batch that train()'s advice names.
-        with batch_size_advice(self.args.per_device_eval_batch_size, "validation", "--eval-batch-size"), \
-                eval_autocast(self.eval_precision, self.args.device.type):
-            return super().evaluate(*args, **kwargs)
-
-    def _load_rng_state(self, checkpoint):
-        with rng_state_loading():  # transformers < 4.51 with torch >= 2.6 (compat.py)
-            return super()._load_rng_state(checkpoint)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        with optimizer_state_loading():  # transformers 4.x, several CPU processes (compat.py)
-            return super()._load_optimizer_and_scheduler(checkpoint)
-
-
-class SaveEachEpoch(TrainerCallback):
-    """Checkpoint at every epoch end in addition to every `save_steps` steps (and, when the best adapter is kept,
-    evaluate there too, so that every epoch end is a candidate)."""
-
-    def __init__(self, evaluate: bool = False):
-        self.evaluate = evaluate
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        control.should_save = True
-        evaluated_here = any(e.get("step") == state.global_step and "eval_loss" in e for e in state.log_history)
-        control.should_evaluate = control.should_evaluate or (self.evaluate and not evaluated_here)
-        return control
+    return loss
 
 
 class AdaLoraBudget(TrainerCallback):
@@ -209,28 +100,49 @@ class AdaLoraBudget(TrainerCallback):
         model.base_model.update_and_allocate(state.global_step)
 
 
-def total_steps(cfg: RunConfig, train_examples: int) -> int:
-    """Optimizer steps of the whole run (as the Trainer counts them: partial last batch included)."""
-    steps_per_epoch = max(1, math.ceil(train_examples / cfg.batch_size))
-    return math.ceil(cfg.epochs * steps_per_epoch)
+# Validation passes in a run without metric_for_best, evenly spread over its steps.
+VALIDATIONS = 5
 
 
 def warmup_steps(cfg: RunConfig, train_examples: int) -> int:
     """The warm-up as a number of steps: cfg.warmup of all optimizer steps, rounded up as the Trainer rounds a
     ratio. A step count means the same in transformers 4.x (warmup_ratio) and 5.x (warmup_steps < 1)."""
-    return math.ceil(cfg.warmup * total_steps(cfg, train_examples))
+    return math.ceil(cfg.warmup * cfg.total_steps(train_examples))
 
 
 def best_model_arguments(cfg: RunConfig) -> dict:
-    """Keep the best adapter by a validation metric: evaluate at every checkpoint (every save_steps, and at each
-    epoch end through SaveEachEpoch) and load the best checkpoint when training ends. Without metric_for_best the
-    run evaluates once per epoch and keeps the last adapter; with validation off it never evaluates while training."""
+    """Keep the best adapter by a validation metric: evaluate at every checkpoint (every save_steps) and load the
+    best checkpoint when training ends. Without metric_for_best the run evaluates VALIDATIONS times, evenly spread
+    (a curve even for one epoch), and keeps the last adapter; with validation off it never evaluates while training."""
     if not cfg.validation:  # RunConfig.validate refuses metric_for_best without validation
         return {"eval_strategy": "no"}
     if cfg.metric_for_best is None:
-        return {"eval_strategy": "epoch"}
+        return {"eval_strategy": "steps", "eval_steps": 1 / VALIDATIONS}
     return {"eval_strategy": "steps", "eval_steps": cfg.save_steps, "load_best_model_at_end": True,
             "metric_for_best_model": cfg.metric_for_best, "greater_is_better": True}
+
+
+def setup_arguments(cfg: RunConfig, train_examples: int) -> dict:
+    """The TrainingArguments that are plumbing rather than recipe (the notebook writes the recipe out and passes
+    these): the warm-up as a step count (the same in transformers 4 and 5), the Trainer's length-grouped batches
+    (named differently in 4 and 5), the device, mixed precision on a GPU, where logs go, compile, and two settings
+    for several processes."""
+    return {
+        "warmup_steps": warmup_steps(cfg, train_examples),
+        **group_by_length(),  # batches of similar lengths: little padding (the Trainer's own sampler)
+        "length_column_name": "length",  # the token counts tokenize() stored
+        # on a machine without a GPU: without it the Trainer neither takes bf16 on a CPU nor sees the other
+        # processes of a CPU launch (each trained on all the data as if alone)
+        "use_cpu": default_device() == "cpu",
+        **mixed_precision(cfg.precision),
+        "report_to": log_backends(cfg),
+        **compile_arguments(cfg),
+        # transformers 5 defaults to True, and then multiplies the loss by the number of processes, expecting the
+        # model to divide by the global example count; the sequence classifiers' loss is the mean of the process's
+        # own batch, so with N processes the loss and gradients came out N times too large (seen with torchrun).
+        "average_tokens_across_devices": False,
+        "ddp_find_unused_parameters": False,  # every trainable tensor of every method is used in each forward pass
+    }
 
 
 def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments:
@@ -241,54 +153,70 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="linear",
-        warmup_steps=warmup_steps(cfg, train_examples),
         weight_decay=0.01,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
-        length_column_name="length",  # LengthGroupedTrainer's sampler reads the lengths tokenize() stored
         **best_model_arguments(cfg),
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        logging_strategy="steps",
         logging_steps=0.05,  # 20 points on the loss curve whatever the run length
         logging_first_step=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to=other_log_backends(cfg),
-        use_cpu=default_device() == "cpu",
-        **mixed_precision(cfg.precision),
-        **compile_arguments(cfg),
-        # transformers 5 defaults to True, and then multiplies the loss by the number of processes, expecting the
-        # model to divide by the global example count; the sequence classifiers' loss is the mean of the process's
-        # own batch, so with N processes the loss and gradients came out N times too large (seen with torchrun).
-        average_tokens_across_devices=False,
-        ddp_find_unused_parameters=False,  # every trainable tensor of every method is used in each forward pass
+        **setup_arguments(cfg, train_examples),
     )
 
 
-def other_log_backends(cfg: RunConfig) -> list[str] | str:
-    """The Trainer's report_to without TensorBoard, which log_callbacks adds with its own writer."""
+def log_backends(cfg: RunConfig) -> list[str] | str:
+    """The Trainer's report_to without TensorBoard, which training_callbacks adds with its own writer."""
     backends = [b for b in cfg.report_to.split(",") if b not in ("none", "tensorboard")]
     return backends or "none"
 
 
-def log_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
-    """A TensorBoardCallback writing to config.log_dir(cfg). Given its own writer, it logs to the same place in
-    transformers 4.x (where TrainingArguments.logging_dir would also work) and 5.x (where only an environment
-    variable would), and outside the checkpoint folder that is deleted after saving."""
-    if "tensorboard" not in cfg.report_to.split(","):
-        return []
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
+class SaveInitialAdapter(TrainerCallback):
+    """PiSSA rewrites the base weights, so its trained adapter fits only the rewritten base; the untrained adapter,
+    saved when the Trainer is made (before a resumed run loads its checkpoint), lets persistence.saving convert the
+    trained one into a plain LoRA adapter for the original base. The same seed recomputes the same one on resume."""
 
-    return [TensorBoardCallback(SummaryWriter(log_dir=str(log_dir(cfg))))]
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        from .persistence import save_initial_adapter
+
+        if is_main():  # the other processes of a launch share the folder
+            save_initial_adapter(model, self.folder)
 
 
-def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> LengthGroupedTrainer:
+def initial_adapter_dir(cfg: RunConfig) -> Path:
+    """PiSSA's untrained adapter, kept with the checkpoints (a resumed run needs it too)."""
+    return Path(cfg.checkpoint_dir) / "initial-adapter"
+
+
+def training_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
+    """The callbacks a run's settings need: TensorBoard logs beside the adapter (config.log_dir: given its own
+    writer, the callback logs to the same place in transformers 4 and 5, outside the checkpoints that are deleted
+    after saving), AdaLoRA's rank budget, PiSSA's untrained adapter, early stopping."""
+    callbacks: list[TrainerCallback] = []
+    if "tensorboard" in cfg.report_to.split(","):
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(log_dir(cfg)))))
+    if cfg.method == "adalora":
+        callbacks.append(AdaLoraBudget())
+    if cfg.method == "pissa":
+        callbacks.append(SaveInitialAdapter(initial_adapter_dir(cfg)))
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return callbacks
+
+
+def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Trainer:
     num_labels = data["train"].features["label"].num_classes
     weights = balanced_class_weights(data["train"]["label"], num_labels) if cfg.class_weights == "balanced" else None
-    return LengthGroupedTrainer(
+    return Trainer(
         model=model,
         args=training_arguments(cfg, len(data["train"])),
         train_dataset=data["train"],
@@ -296,20 +224,9 @@ def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Length
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[SaveEachEpoch(evaluate=cfg.metric_for_best is not None), *log_callbacks(cfg), *method_callbacks(cfg)],
-        class_weights=weights,
-        eval_precision=cfg.eval_precision,
-        dropout_masks=cfg.dropout_masks,
+        compute_loss_func=None if weights is None else weighted_loss(weights),
+        callbacks=training_callbacks(cfg),
     )
-
-
-def method_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
-    callbacks: list[TrainerCallback] = []
-    if cfg.method == "adalora":
-        callbacks.append(AdaLoraBudget())
-    if cfg.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    return callbacks
 
 
 def best_checkpoint(trainer: Trainer) -> dict | None:
@@ -396,11 +313,26 @@ def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str 
     # With compile, a model the compiler fails on (after the check in resolve passed) runs eagerly: torch's own
     # fallback, which logs the reason instead of ending the run.
     fallback = torch._dynamo.config.patch(suppress_errors=True) if cfg.compile else contextlib.nullcontext()
-    with batch_size_advice(cfg.batch_size, "training"), fallback:
+    # rng_state_loading, optimizer_state_loading: what resuming needs on the oldest supported versions (compat.py)
+    with memory_advice(cfg), fallback, rng_state_loading(), optimizer_state_loading():
         output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     return TrainResult(trainer, seconds, float(output.metrics.get("train_samples_per_second", 0.0)),
                        trainer.state.log_history, best_checkpoint(trainer))
+
+
+@contextlib.contextmanager
+def memory_advice(cfg: RunConfig):
+    """Running out of memory inside trainer.train() ends in one line naming the batch that did not fit: the
+    Trainer's validation runs in eval_batch_size (--eval-batch-size), its training steps in batch_size."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        in_validation = any(frame.name == "evaluation_loop" for frame in traceback.extract_tb(err.__traceback__))
+        what, size, flag = (("validation", cfg.eval_batch_size, "--eval-batch-size") if in_validation
+                            else ("training", cfg.batch_size, "--batch-size"))
+        with batch_size_advice(size, what, flag):
+            raise
 
 
 def remove_checkpoints(cfg: RunConfig) -> None:

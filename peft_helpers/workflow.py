@@ -5,6 +5,7 @@ at a time, spelling out the transformers and peft calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,9 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, set_
 
 from . import distributed
 from .config import RunConfig
-from .data import label_balance, label_names, load_run_data, tokenize, truncation_summary
+from .data import label_names, load_run_data, tokenize, truncation_summary
 from .evaluation import EvalResult, check_reload, evaluate
-from .head_token import compute_head_token_only, uses_head_token_only
 from .metrics import per_class_metrics
 from .modeling import (
     ParameterCount,
@@ -28,29 +28,35 @@ from .modeling import (
     create_peft_model,
     load_config,
     load_model,
-    set_model_dropout,
-    set_padding_side,
 )
 from .offline import offline_model_name
 from .persistence import (
     base_model_metadata,
     check_can_save,
+    check_loaded,
     load_adapter,
     make_shareable,
     recover_interrupted_save,
-    save_adapter,
-    save_initial_adapter,
+    saving,
     versions,
 )
-from .reporting import confident_mistakes, format_comparison, learning_curve, per_class_table
-from .training import TrainResult, compile_problem, device_summary, prepare_checkpoints, remove_checkpoints, total_steps, train
+from .reporting import confident_mistakes, format_comparison, label_balance, learning_curve, per_class_table
+from .training import (
+    TrainResult,
+    compile_problem,
+    device_summary,
+    initial_adapter_dir,
+    prepare_checkpoints,
+    remove_checkpoints,
+    train,
+)
 
 RESULTS_FILE = "results.json"
 # The TrainingArguments that decide what a run computes; recorded with the adapter, so runs from the notebook and
 # the command line can be compared (tests/test_notebook.py does).
 TRAINING_KEYS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "warmup_steps", "lr_scheduler_type", "weight_decay", "seed", "data_seed", "length_column_name",
-                 "eval_strategy", "bf16", "fp16")
+                 "eval_strategy", "eval_steps", "bf16", "fp16")
 
 
 def dataset_name(cfg: RunConfig) -> str:
@@ -111,10 +117,9 @@ class Prepared:
     label_names: list[str]
 
     def evaluate_test(self, model, desc: str, tokenizer: PreTrainedTokenizerBase | None = None) -> EvalResult:
-        """`model` on the run's test split, in its evaluation batch size and precision (every test pass of a run
+        """`model` on the run's test split, in its evaluation batch size (every test pass of a run
         and of a baseline goes through here, so they are scored alike)."""
-        return evaluate(model, tokenizer or self.tokenizer, self.encoded["test"], self.cfg.eval_batch_size, desc=desc,
-                        precision=self.cfg.eval_precision)
+        return evaluate(model, tokenizer or self.tokenizer, self.encoded["test"], self.cfg.eval_batch_size, desc=desc)
 
 
 def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
@@ -122,12 +127,7 @@ def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     cfg = resolve(cfg)
     data = load_run_data(cfg)
     names = label_names(data)
-    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device,
-                                  quantize_4bit=cfg.method == "qlora", attention=cfg.attention)
-    set_model_dropout(model, cfg.model_dropout)
-    if cfg.last_layer == "head-token":
-        compute_head_token_only(model)
-    set_padding_side(tokenizer, model, cfg.method)
+    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device, method=cfg.method)
     return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length, cfg.truncation), model, tokenizer, names)
 
 
@@ -145,11 +145,7 @@ def describe(p: Prepared) -> None:
     print(f"Settings: method={cfg.method}, epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}"
           + (f", {options}" if options else "")
           + ("" if cfg.num_virtual_tokens else f", target_modules={cfg.target_modules or 'default'}")
-          + ("" if cfg.layers is None else f", layers={cfg.layers}")
-          + ("" if cfg.model_dropout is None else f", model_dropout={cfg.model_dropout:g}")
-          + ("" if cfg.attention == "auto" else f", attention={cfg.attention}")
-          + (", last layer: the classifier's token only" if uses_head_token_only(p.model) else "")
-          + ("" if cfg.dropout_masks == "16-bit" else f", dropout_masks={cfg.dropout_masks}"))
+          + ("" if cfg.layers is None else f", layers={cfg.layers}"))
 
 
 def training_record(trainer: Trainer) -> dict:
@@ -170,38 +166,45 @@ def adapter_metadata(peft_model, cfg: RunConfig, names: list[str], trainer: Trai
     }
 
 
-def initial_adapter_dir(cfg: RunConfig) -> Path:
-    """PiSSA's untrained adapter, kept with the checkpoints (a resumed run needs it too)."""
-    return Path(cfg.checkpoint_dir) / "initial-adapter"
-
-
 def add_adapter(p: Prepared):
-    """Wrap the model with the run's PEFT method; PiSSA also keeps its untrained adapter for the save (the same
-    seed recomputes the same one when a run resumes, so it is always rewritten, never taken from another run)."""
-    cfg = p.cfg
-    peft_model = create_peft_model(p.model, cfg, total_steps(cfg, len(p.encoded["train"])))
-    if cfg.method == "pissa" and distributed.is_main():  # only the main process saves
-        save_initial_adapter(peft_model, initial_adapter_dir(cfg))
-    return peft_model
+    """Wrap the model with the run's PEFT method (AdaLoRA's schedule needs the run's optimizer steps)."""
+    return create_peft_model(p.model, p.cfg, p.cfg.total_steps(len(p.encoded["train"])))
+
+
+@contextlib.contextmanager
+def saving_run(cfg: RunConfig, peft_model, label_names: list[str], trainer: Trainer, baseline: dict, finetuned: dict,
+               overwrite: bool = False, best: dict | None = None):
+    """persistence.saving with the run's metadata (peft_helpers.json: base model and its identity, labels,
+    settings, training arguments, metrics) and PiSSA's untrained adapter; the block saves with peft's and the
+    tokenizer's save_pretrained into the folder it is given. Removes the checkpoints once the adapter is in place."""
+    metadata = adapter_metadata(peft_model, cfg, label_names, trainer, baseline, finetuned)
+    if best is not None:
+        metadata["best_checkpoint"] = best
+    with saving(cfg.output_dir, peft_model, metadata, overwrite, initial_adapter_dir(cfg)) as folder:
+        yield folder
+    remove_checkpoints(cfg)
 
 
 def save(p: Prepared, peft_model, trained: TrainResult, baseline: EvalResult, in_memory: EvalResult,
          overwrite: bool) -> Path:
-    metadata = adapter_metadata(peft_model, p.cfg, p.label_names, trained.trainer, baseline.metrics, in_memory.metrics)
-    if trained.best is not None:
-        metadata["best_checkpoint"] = trained.best
-    initial = initial_adapter_dir(p.cfg) if p.cfg.method == "pissa" else None
-    adapter_dir = save_adapter(peft_model, p.tokenizer, p.cfg.output_dir, metadata, overwrite=overwrite,
-                               initial_adapter=initial)
-    remove_checkpoints(p.cfg)
-    print(f"Adapter saved to {adapter_dir}")
-    return adapter_dir
+    with saving_run(p.cfg, peft_model, p.label_names, trained.trainer, baseline.metrics, in_memory.metrics,
+                    overwrite, trained.best) as folder:
+        peft_model.save_pretrained(folder)
+        p.tokenizer.save_pretrained(folder)
+    print(f"Adapter saved to {p.cfg.output_dir}")
+    return Path(p.cfg.output_dir)
+
+
+def verify_reload(reloaded, tokenizer, adapter_dir: str | Path, finetuned: EvalResult, in_memory: EvalResult) -> float:
+    """What peft's loaders do not check about a reloaded adapter (persistence.check_loaded: the recorded base and
+    labels, every saved tensor in place, the pad token), and that it reproduces the trained model's logits on the
+    test split. Returns the largest logit difference."""
+    check_loaded(reloaded, tokenizer, adapter_dir)
+    return check_reload(finetuned, in_memory)
 
 
 def reload_and_check(adapter_dir: Path, p: Prepared, in_memory: EvalResult) -> tuple[EvalResult, float]:
     """Load the saved adapter from disk as a user would and evaluate it; it must reproduce the trained model."""
-    # the reloaded model computes every position of its last layer as transformers does (no head_token), so this
-    # check also compares the short last layer the run trained and scored with against the stock one
     reloaded, reloaded_tokenizer, _ = load_adapter(adapter_dir)
     finetuned = p.evaluate_test(reloaded, "Evaluating reloaded", reloaded_tokenizer)
     return finetuned, check_reload(finetuned, in_memory)

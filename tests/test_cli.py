@@ -13,6 +13,8 @@ KEYS = {"model", "dataset", "train_size", "eval_size", "baseline", "finetuned", 
         "train_seconds", "adapter_dir"}
 
 
+@pytest.mark.e2e
+@pytest.mark.core
 def test_cli_run_end_to_end_writes_results_and_a_stock_loadable_adapter(tiny_gpt2, rt_dir, tmp_path):
     out, results = tmp_path / "saved_adapters" / "tiny", tmp_path / "results.json"
     cmd = [sys.executable, "-m", "peft_helpers", "run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir),
@@ -34,7 +36,7 @@ def test_cli_run_end_to_end_writes_results_and_a_stock_loadable_adapter(tiny_gpt
     assert data["training_arguments"]["per_device_eval_batch_size"] == 32  # 4 x --batch-size, the default
     curve = data["learning_curve"]  # 64 examples / batch 8 = 8 steps, 1 epoch (GPT-2 default)
     assert [r["step"] for r in curve if "loss" in r] == list(range(1, 9))  # 5% of 8 steps rounds up to 1
-    assert [(r["step"], r["epoch"]) for r in curve if "eval_accuracy" in r] == [(8, 1.0)]
+    assert [(r["step"], r["epoch"]) for r in curve if "eval_accuracy" in r] == [(2, 0.25), (4, 0.5), (6, 0.75), (8, 1.0)]
     assert not (tmp_path / "runs").exists()  # checkpoints are removed once the adapter is safe
 
     from peft import AutoPeftModelForSequenceClassification
@@ -141,8 +143,7 @@ def test_demo_settings_online_and_offline(rt_dir, monkeypatch):
     assert (online.model, online.data_dir, online.train_size, online.output_dir) == ("gpt2", None, None, DEMO_OUTPUT_DIR)
     offline = demo_config(str(rt_dir), online=False)
     assert (offline.model, offline.data_dir, offline.eval_size) == ("minilm", str(rt_dir), None)
-    # BENCHMARKS: "The demo's time"
-    assert (offline.epochs, offline.model_dropout, offline.dropout, offline.validation) == (2.0, 0.0, 0.0, False)
+    assert (offline.epochs, offline.validation) == (2.0, False)
     assert online.validation is True
     with pytest.raises(UserError, match="Hub is unreachable and no local data"):
         demo_config(None, online=False)
@@ -179,9 +180,13 @@ def test_demo_command_runs_offline(tiny_gpt2, rt_dir, in_tmp, monkeypatch, capsy
     out = capsys.readouterr().out
     assert f"Demo: model={tiny_gpt2}, data={small}" in out
     # the machine's matrix-product rate comes first (to compare the demo's time between machines), the time last
-    rate = re.search(r"Machine: fp32 matrix products at (\d+) GFLOP/s with (\d+) CPU threads, ([^(]+) \(", out)
-    assert rate and int(rate[1]) > 0 and int(rate[2]) == torch.get_num_threads() and out.index(rate[0]) < out.index("Pretrained")
-    assert rate[3] == cpu_instructions()  # AVX2, AVX512, ...: the same rate means different machines otherwise
+    if torch.cuda.is_available():  # the card's name instead (found on an H200)
+        assert out.index(f"Machine: {torch.cuda.get_device_name()} (GPU)") < out.index("Pretrained")
+    else:
+        rate = re.search(r"Machine: fp32 matrix products at (\d+) GFLOP/s with (\d+) CPU threads, ([^(]+) \(", out)
+        assert rate and int(rate[1]) > 0 and int(rate[2]) == torch.get_num_threads()
+        assert out.index(rate[0]) < out.index("Pretrained")
+        assert rate[3] == cpu_instructions()  # AVX2, AVX512, ...: the same rate means different machines otherwise
     assert re.search(r"Demo finished in \d+ min \d+ s", out.strip().splitlines()[-1])
     results = json.loads((in_tmp / "saved_adapters" / "demo" / "results.json").read_text())
     assert (results["train_size"], results["eval_size"]) == (160, 20)
@@ -213,14 +218,14 @@ def test_training_changes_the_adapter(tiny_gpt2, rt_dir, tmp_path):
     from safetensors.torch import load_file
 
     from peft_helpers.config import RunConfig
-    from peft_helpers.modeling import create_lora_model, load_model
+    from peft_helpers.modeling import create_peft_model, load_model
 
     assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size",
                  "16", "--batch-size", "8", "--learning-rate", "1e-2", "--output-dir", str(tmp_path / "a"),
                  "--checkpoint-dir", str(tmp_path / "runs")]) == 0
     trained = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
     model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=42, device="cpu")
-    create_lora_model(model, RunConfig(model=str(tiny_gpt2)).resolved("gpt2")).save_pretrained(tmp_path / "b")
+    create_peft_model(model, RunConfig(model=str(tiny_gpt2)).resolved("gpt2")).save_pretrained(tmp_path / "b")
     initial = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
     assert trained.keys() == initial.keys()
     lora_b = [k for k in trained if "lora_B" in k]
@@ -230,19 +235,19 @@ def test_training_changes_the_adapter(tiny_gpt2, rt_dir, tmp_path):
     assert head and not torch.equal(trained[head[0]], initial[head[0]])
 
 
-def test_tensorboard_logs_hold_the_validation_accuracy_of_each_epoch(tiny_gpt2, rt_dir, tmp_path):
+def test_tensorboard_logs_hold_the_validation_accuracy_of_each_validation(tiny_gpt2, rt_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, runs = tmp_path / "adapter", tmp_path / "runs"
     assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size", "16",
                  "--batch-size", "8", "--epochs", "2", "--report-to", "tensorboard", "--output-dir", str(out),
                  "--checkpoint-dir", str(runs)]) == 0
-    assert not runs.exists()  # checkpoints removed; the logs are kept beside them
-    events = EventAccumulator(str(tmp_path / "runs-logs")).Reload()
+    assert not runs.exists()  # checkpoints removed; the logs are kept beside the adapter
+    events = EventAccumulator(str(tmp_path / "adapter-logs")).Reload()
     accuracy = events.Scalars("eval/accuracy")
     curve = json.loads((out / "results.json").read_text())["learning_curve"]
     assert [round(e.value, 6) for e in accuracy] == [round(r["eval_accuracy"], 6) for r in curve if "eval_accuracy" in r]
-    assert len(accuracy) == 2 and "train/loss" in events.Tags()["scalars"]
+    assert len(accuracy) >= 4 and "train/loss" in events.Tags()["scalars"]  # a curve, validated a few times per run
 
 
 @pytest.mark.parametrize("backend, message", [("tensorbord", "is not known"), ("wandb", "needs the package wandb")])
@@ -251,6 +256,7 @@ def test_unknown_or_missing_log_backend_is_one_line(capsys, backend, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_hub_unreachable_through_the_real_http_client(tmp_path):
     """No HF_HUB_OFFLINE: the Hub client really tries, against a closed local port, and whatever HTTP library it
     uses (requests, httpx, httpx2), the demo's check says offline instead of raising."""
@@ -297,41 +303,18 @@ def test_eval_batch_size_changes_the_evaluation_batches_not_the_results(tiny_gpt
         torch.testing.assert_close(three_weights[key], default_weights[key], atol=0, rtol=0)
 
 
-def test_no_validation_trains_the_same_adapter_without_validation_passes(tiny_gpt2, rt_dir, tmp_path):
-    """--no-validation skips the Trainer's validation after each epoch and changes nothing else in a run without
-    dropout (the demo's): two epochs give bit-identical losses, adapter weights and test results. (With dropout,
-    each validation pass's DataLoader draws a seed from torch's generator, so the later masks differ.)"""
-    from safetensors.torch import load_file
-
+def test_no_validation_trains_without_validation_passes(tiny_gpt2, rt_dir, tmp_path):
+    """--no-validation skips the Trainer's validation passes; the run is otherwise the same until the first
+    validation would have run (a validation pass's DataLoader draws a seed from torch's generator, so the later
+    batches and dropout masks differ, which is why validation is part of a run's identity for --resume)."""
     runs = {}
     for name, extra in (("validated", []), ("not", ["--no-validation"])):
         out = tmp_path / name
         assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size",
-                     "16", "--batch-size", "8", "--epochs", "2", "--model-dropout", "0", "--dropout", "0",
-                     "--output-dir", str(out), "--checkpoint-dir", str(tmp_path / "runs"), *extra]) == 0
-        runs[name] = json.loads((out / "results.json").read_text()), load_file(str(out / "adapter_model.safetensors"))
-    (validated, validated_weights), (skipped, skipped_weights) = runs["validated"], runs["not"]
-    assert [p["epoch"] for p in validated["learning_curve"] if "eval_accuracy" in p] == [1.0, 2.0]
+                     "16", "--batch-size", "8", "--epochs", "2", "--output-dir", str(out), *extra]) == 0
+        runs[name] = json.loads((out / "results.json").read_text())
+    validated, skipped = runs["validated"], runs["not"]
+    assert len([p for p in validated["learning_curve"] if "eval_accuracy" in p]) >= 4
     assert not any("eval_loss" in p for p in skipped["learning_curve"])
-    assert [r["training_arguments"]["eval_strategy"] for r in (validated, skipped)] == ["epoch", "no"]
-    assert [p["loss"] for p in skipped["learning_curve"]] == [p["loss"] for p in validated["learning_curve"] if "loss" in p]
-    assert skipped["finetuned"]["confusion_matrix"] == validated["finetuned"]["confusion_matrix"]
-    assert validated_weights.keys() == skipped_weights.keys()
-    for key in validated_weights:
-        torch.testing.assert_close(skipped_weights[key], validated_weights[key], atol=0, rtol=0)
-
-
-def test_bf16_evaluation_end_to_end_passes_the_reload_check(tiny_gpt2, rt_dir, tmp_path):
-    """--eval-precision bf16: the pretrained, fine-tuned and reloaded test passes and the validation run under bf16
-    autocast; the reloaded adapter reproduces the trained one in that precision too."""
-    from peft_helpers.hardware import cpu_has_bf16
-
-    if not torch.cuda.is_available() and not cpu_has_bf16():
-        pytest.skip("this CPU has no bf16 matrix units (the refusal: test_training.py)")
-    out = tmp_path / "adapter"
-    assert main(["run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir), "--train-size", "32", "--eval-size",
-                 "16", "--batch-size", "8", "--eval-precision", "bf16", "--output-dir", str(out),
-                 "--checkpoint-dir", str(tmp_path / "runs")]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert results["config"]["eval_precision"] == "bf16" and results["reload_max_logit_diff"] <= 1e-4
-    assert any("eval_accuracy" in point for point in results["learning_curve"])
+    assert [r["training_arguments"]["eval_strategy"] for r in (validated, skipped)] == ["steps", "no"]
+    assert validated["learning_curve"][0]["loss"] == skipped["learning_curve"][0]["loss"]  # the first step

@@ -9,6 +9,8 @@ from peft_helpers.cli import main
 from peft_helpers.compare import markdown
 from peft_helpers.config import RunConfig
 
+pytestmark = pytest.mark.e2e
+
 NAMES = "lora,ia3,loha"
 BASELINES = "random_head,linear_probe,full,zero_shot"
 
@@ -29,6 +31,7 @@ def compared(tiny_gpt2, rt_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.core
 def test_table_has_every_entry_with_its_numbers(compared):
     table = pd.read_csv(compared / "comparison.csv")
     assert list(table["method"]) == ["lora", "ia3", "loha", "random_head", "linear_probe", "full", "zero_shot"]

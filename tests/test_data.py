@@ -3,7 +3,6 @@ from conftest import GPT2_TOKENIZER
 from transformers import AutoTokenizer
 
 from peft_helpers.data import (
-    label_balance,
     load_data,
     load_rotten_tomatoes,
     load_text_classification,
@@ -12,6 +11,7 @@ from peft_helpers.data import (
     tokenize,
 )
 from peft_helpers.errors import UserError
+from peft_helpers.reporting import label_balance
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from peft_helpers.data import load_data, load_run_data, tokenize, truncation_sum
 from peft_helpers.errors import UserError
 from peft_helpers.metrics import per_class_metrics
 from peft_helpers.reporting import confident_mistakes
-from peft_helpers.training import LengthGroupedTrainer, balanced_class_weights
+from peft_helpers.training import balanced_class_weights, weighted_loss
 
 TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
 
@@ -152,7 +152,10 @@ def test_balanced_class_weights_reweight_the_loss(tiny_gpt2):
     model, tokenizer = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
     inputs = tokenizer(["a fine film", "an awful film"], padding=True, return_tensors="pt")
     labels = torch.tensor([0, 1])
-    trainer = LengthGroupedTrainer(model=model, class_weights=weights)  # moves the model to the GPU if there is one
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir="unused", report_to="none")
+    trainer = Trainer(model=model, args=args, compute_loss_func=weighted_loss(weights))  # the stock Trainer's hook
     device = next(model.parameters()).device
     inputs, labels = {k: v.to(device) for k, v in inputs.items()}, labels.to(device)
     loss = trainer.compute_loss(model, {**inputs, "labels": labels})

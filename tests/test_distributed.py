@@ -9,6 +9,8 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.e2e
+
 SETTINGS = ["--train-size", "64", "--eval-size", "32", "--epochs", "1", "--dropout", "0", "--seed", "42"]
 
 
@@ -52,7 +54,8 @@ def test_two_processes_train_what_one_process_trains(launcher, gpt2_without_drop
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two")]
     assert results[0]["processes"] == 1 and results[1]["processes"] == 2
     # the same training: every adapter weight within 1e-6 (only the order of the gradient sums differs), the same
-    # test predictions
+    # test predictions: the Trainer's sampler sorts this small split into one group, so N processes with batch b
+    # (accelerate deals out consecutive batches) see the examples one process sees with batch N x b
     weights = [load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one", "two")]
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
@@ -68,6 +71,7 @@ def test_two_processes_train_what_one_process_trains(launcher, gpt2_without_drop
 DISAGREEING = """
 import os, sys
 from peft_helpers.cli import main
+
 argv = sys.argv[1:]
 if os.environ["RANK"] == "1":
     argv[argv.index("--train-size") + 1] = "48"
@@ -90,9 +94,9 @@ def test_processes_that_loaded_different_data_are_refused_before_training(tiny_g
 
 
 def test_a_stopped_launch_resumes_to_the_uninterrupted_result(gpt2_without_dropout, rt_dir, tmp_path):
-    """Both processes stopped mid-training (after checkpoint 9 of 16); `--resume` under the same launch continues
-    from the checkpoint (each process's random state included) and ends exactly where an uninterrupted launch
-    ends. (Against one process the weights drift apart by ~1e-3 over these 16 steps at this learning rate: Adam
+    """Both processes stopped after checkpoint 8 of 16 (the first epoch's end); `--resume` under the same launch
+    continues from the checkpoint (each process's random state included) and ends exactly where an uninterrupted
+    launch ends. (Against one process the weights drift apart by ~1e-3 over these 16 steps at this learning rate: Adam
     turns the last-bit differences of gradients summed in another order into whole steps for near-zero entries.)"""
     import os
     import signal
@@ -102,7 +106,7 @@ def test_a_stopped_launch_resumes_to_the_uninterrupted_result(gpt2_without_dropo
 
     def two(name: str) -> list[str]:
         return ["-m", "peft_helpers", "run", "--model", str(gpt2_without_dropout), "--data-dir", str(rt_dir),
-                *SETTINGS, "--epochs", "2", "--save-steps", "3", "--learning-rate", "2e-3", "--batch-size", "4",
+                *SETTINGS, "--epochs", "2", "--save-steps", "4", "--learning-rate", "2e-3", "--batch-size", "4",
                 "--output-dir", str(tmp_path / name), "--checkpoint-dir", str(tmp_path / f"runs-{name}")]
 
     uninterrupted = launch(2, two("a"), cwd=tmp_path)
@@ -115,7 +119,7 @@ def test_a_stopped_launch_resumes_to_the_uninterrupted_result(gpt2_without_dropo
     proc = subprocess.Popen(LAUNCHERS["torchrun"] + ["2", *two("b")], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
-    while not (tmp_path / "runs-b" / "checkpoint-9" / "trainer_state.json").exists():
+    while not (tmp_path / "runs-b" / "checkpoint-8" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the launch ended before it could be interrupted"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # as a scheduler stops a job: the launcher stops both processes
@@ -124,7 +128,7 @@ def test_a_stopped_launch_resumes_to_the_uninterrupted_result(gpt2_without_dropo
 
     resumed = launch(2, [*two("b"), "--resume"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count("Resuming from") == 1 and "checkpoint-9" in resumed.stdout
+    assert resumed.stdout.count("Resuming from") == 1 and "checkpoint-8" in resumed.stdout
     weights = [load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("a", "b")]
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:

@@ -38,11 +38,24 @@ def test_install_command_touches_only_what_is_needed_and_pins_torch():
     assert "--upgrade" not in command and not any(c.startswith("transformers") for c in command)
 
 
-def test_ensure_supported_installs_and_asks_for_a_restart(monkeypatch, capsys):
+@pytest.mark.parametrize("problem, imported, restart", [
+    ("0.12.0 installed, <1,>=0.14 needed", True, True),  # the old version is in memory: restart
+    ("0.12.0 installed, <1,>=0.14 needed", False, False),  # upgraded before anything imported it
+    ("missing", False, False),  # e.g. a fresh image: installed, importable at once
+], ids=["upgraded-after-import", "upgraded-before-import", "missing"])
+def test_ensure_supported_asks_for_a_restart_only_after_upgrading_an_imported_package(
+        monkeypatch, capsys, problem, imported, restart):
+    import sys
+    import types
+
     calls = []
-    monkeypatch.setattr(environment, "problems", lambda path=None: {"peft": "0.12.0 installed, <1,>=0.14 needed"})
+    monkeypatch.setattr(environment, "problems", lambda path=None: {"peft": problem})
     monkeypatch.setattr(environment.subprocess, "check_call", calls.append)
-    assert environment.ensure_supported() is False
+    if imported:
+        monkeypatch.setitem(sys.modules, "peft", types.ModuleType("peft"))
+    else:
+        monkeypatch.delitem(sys.modules, "peft", raising=False)
+    assert environment.ensure_supported() is (not restart)
     assert calls and calls[0][-2:] == ["peft<1,>=0.14", f"torch=={environment.installed_version('torch')}"]
     out = capsys.readouterr().out.strip()
-    assert out.count("\n") == 0 and "restart the runtime" in out and "peft" in out
+    assert out.count("\n") == 0 and "peft" in out and ("restart the runtime" in out) is restart

@@ -47,6 +47,8 @@ def four_class_adapter(tmp_path_factory):
     return _train(tmp_path, bert, tmp_path / "data"), tmp_path
 
 
+@pytest.mark.e2e
+@pytest.mark.core
 @pytest.mark.parametrize("kind", ["gpt2-two-labels", "bert-four-labels"])
 def test_merged_export_loads_without_peft_with_labels_and_same_predictions(kind, tiny_gpt2, rt_dir, four_class_adapter, tmp_path):
     if kind == "gpt2-two-labels":

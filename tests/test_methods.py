@@ -46,6 +46,7 @@ def method_config(model, rt_dir, method, work, **extra) -> RunConfig:
                      checkpoint_dir=str(work / "runs"), **settings)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch, method", CASES)
 def test_method_trains_saves_and_reloads_identically(arch, method, tiny_gpt2, tiny_bert, rt_dir, tmp_path):
     from peft import AutoPeftModelForSequenceClassification
@@ -109,7 +110,7 @@ def test_adalora_ranknum_stays_frozen_when_peft_moves_the_adapter(tiny_bert):
     # a model made with get_peft_model itself (as the notebook does) is frozen when training begins
     from peft import get_peft_model
 
-    from peft_helpers.modeling import peft_config
+    from peft_helpers.methods import peft_config
     from peft_helpers.training import AdaLoraBudget
 
     model, _ = load_model(str(tiny_bert), ["neg", "pos"], device="cpu")
@@ -131,6 +132,7 @@ def test_pissa_adapter_fits_the_original_base(tiny_gpt2, rt_dir, tmp_path):
     assert saved["r"] == 8 and saved["init_lora_weights"] is True
 
 
+@pytest.mark.e2e
 def test_prompt_methods_pad_decoders_on_the_left(tiny_gpt2, rt_dir, tmp_path):
     """Prompt tuning hands GPT-2 embeddings, not ids, so its head reads the last position: a pad there would be
     classified. The tokenizer saved with the adapter pads on the left; LoRA keeps right padding."""
@@ -170,7 +172,6 @@ def _cli_error(capsys, argv) -> str:
     pytest.param(["--early_stopping_patience", "2"], "needs a metric to watch", id="patience-without-metric"),
     pytest.param(["--metric_for_best", "loss"], "use accuracy or f1", id="unknown-best-metric"),
     pytest.param(["--metric-for-best", "accuracy", "--no-validation"], "drop --no-validation", id="best-without-validation"),
-    pytest.param(["--eval-precision", "fp16"], "use fp32 or bf16", id="unknown-eval-precision"),
 ])
 def test_method_refusals(extra, expected, tiny_gpt2, rt_dir, in_tmp, capsys):
     err = _cli_error(capsys, ["run", "--model", str(tiny_gpt2), "--data_dir", str(rt_dir), *extra])

@@ -12,7 +12,7 @@ from peft_helpers.config import RunConfig
 from peft_helpers.data import load_rotten_tomatoes, subsample, tokenize
 from peft_helpers.errors import UserError
 from peft_helpers.evaluation import predict_logits
-from peft_helpers.modeling import create_lora_model, load_model
+from peft_helpers.modeling import create_peft_model, load_model
 from peft_helpers.persistence import METADATA_FILE, base_model_metadata, load_adapter, save_adapter
 from peft_helpers.training import train
 
@@ -26,7 +26,7 @@ def trained(tiny_gpt2, rt_dir, tmp_path_factory):
     data = subsample(load_rotten_tomatoes(rt_dir), cfg.train_size, cfg.eval_size, cfg.seed)
     model, tokenizer = load_model(cfg.model, ["neg", "pos"], cfg.seed, device="cpu")
     encoded = tokenize(data, tokenizer, cfg.max_length)
-    peft_model = create_lora_model(model, cfg)
+    peft_model = create_peft_model(model, cfg)
     train(peft_model, tokenizer, encoded, cfg)
     metadata = base_model_metadata(peft_model, cfg.model, ["neg", "pos"])
     return peft_model, tokenizer, encoded["test"], metadata, work
@@ -52,6 +52,8 @@ def test_saved_files_and_metadata(trained, tmp_path):
     assert set(modes.values()) == {0o666 & ~umask}, modes  # shareable like any file, weights included
 
 
+@pytest.mark.e2e
+@pytest.mark.core
 def test_reload_in_a_fresh_process_gives_identical_logits(trained, tmp_path):
     model, tokenizer, test, _, _ = trained
     folder = _save(trained, tmp_path / "adapter")

@@ -19,7 +19,8 @@ def test_minilm_lora_learns_rotten_tomatoes(rt_dir, in_tmp):
 
 
 def test_smollm2_converts_and_trains_with_llama_targets(rt_dir, in_tmp):
-    from peft_helpers.modeling import load_model, lora_config
+    from peft_helpers.methods import peft_config
+    from peft_helpers.modeling import load_model
     from peft_helpers.offline import offline_model_path
 
     folder = offline_model_path("smollm2")
@@ -27,7 +28,7 @@ def test_smollm2_converts_and_trains_with_llama_targets(rt_dir, in_tmp):
     model, tokenizer = load_model("smollm2", ["neg", "pos"], device="cpu")
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert tokenizer.pad_token is not None and model.config.pad_token_id == tokenizer.pad_token_id
-    config = lora_config(model, RunConfig(model="smollm2").resolved("llama"))
+    config = peft_config(model, RunConfig(model="smollm2").resolved("llama"))
     assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert not config.fan_in_fan_out
     assert config.modules_to_save == ["score"]

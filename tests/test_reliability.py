@@ -13,10 +13,13 @@ from safetensors.torch import load_file
 
 from peft_helpers.cli import main
 
+pytestmark = pytest.mark.e2e
+
 # Loaded into the killed CLI process only (via PYTHONPATH): slows each training step so that the test can
 # kill the process mid-training, after a checkpoint, deterministically enough.
 SLOW_STEPS = """
 import time, transformers
+
 _step = transformers.Trainer.training_step
 def training_step(self, *args, **kwargs):
     time.sleep(0.4)
@@ -27,7 +30,7 @@ transformers.Trainer.training_step = training_step
 
 def _cmd(tiny_gpt2, rt_dir, tmp_path, name, *extra):
     return [sys.executable, "-m", "peft_helpers", "run", "--model", str(tiny_gpt2), "--data-dir", str(rt_dir),
-            "--train-size", "64", "--eval-size", "32", "--batch-size", "8", "--epochs", "2", "--save-steps", "3",
+            "--train-size", "64", "--eval-size", "32", "--batch-size", "8", "--epochs", "2", "--save-steps", "4",
             "--learning-rate", "2e-3", "--output-dir", str(tmp_path / name), "--checkpoint-dir",
             str(tmp_path / f"runs-{name}"), "--results", str(tmp_path / f"{name}.json"), *extra]
 
@@ -69,7 +72,9 @@ def test_killed_run_resumes_to_the_same_result(reference, tiny_gpt2, rt_dir, tmp
     proc = subprocess.Popen(_cmd(tiny_gpt2, rt_dir, tmp_path, "c"), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (runs / "checkpoint-9" / "trainer_state.json").exists():  # 16 steps in all; 9 is mid-second-epoch
+    # 16 steps in all, 8 an epoch: checkpoint 8 is the first epoch's end, from which the stock Trainer's resume
+    # replays the uninterrupted run exactly (its sampler draws each epoch's order when the epoch starts)
+    while not (runs / "checkpoint-8" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -78,8 +83,8 @@ def test_killed_run_resumes_to_the_same_result(reference, tiny_gpt2, rt_dir, tmp
 
     # Without --resume the interrupted run is neither resumed nor thrown away silently.
     assert main(_cmd(tiny_gpt2, rt_dir, tmp_path, "c")[3:]) == 2
-    assert "holds checkpoints of an interrupted run (checkpoint-9): pass --resume" in capsys.readouterr().err
-    assert (runs / "checkpoint-9").is_dir()
+    assert "holds checkpoints of an interrupted run (checkpoint-8): pass --resume" in capsys.readouterr().err
+    assert (runs / "checkpoint-8").is_dir()
     # --resume with other settings would continue a different run: refused, naming the settings.
     assert main(_cmd(tiny_gpt2, rt_dir, tmp_path, "c", "--resume", "--seed", "7")[3:]) == 2
     assert "--resume needs the interrupted run's settings, but they differ (seed: 42 then, 7 now)" in capsys.readouterr().err

@@ -92,6 +92,7 @@ def test_learning_curve_keeps_loss_and_validation_points_and_plots_them():
     assert ax_loss.get_lines()[1].get_xdata().tolist() == [0.5]
 
 
+@pytest.mark.e2e
 def test_evaluation_after_mixed_precision_training_runs_in_fp32(tiny_gpt2, rt_dir):
     """accelerate leaves an autocast wrapper on model.forward after bf16/fp16 training (a GPU run); evaluation
     must not score through it, or the in-memory model and its reloaded copy differ (0.03 on an H200). Run in a
@@ -141,6 +142,7 @@ def run_with_memory_cap(run_args: list[str], cwd) -> tuple[subprocess.CompletedP
     return proc, errors
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux") or torch.cuda.is_available(),
                     reason="caps RLIMIT_AS (Linux), which CUDA's address-space reservation would exceed; on a GPU "
                     "benchmarks/gpu_smollm2.py --oom-batch runs out of GPU memory for real")
@@ -153,6 +155,7 @@ def test_a_batch_that_does_not_fit_in_memory_says_which_batch_size_to_try(tiny_g
     assert not (tmp_path / "adapter").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux") or torch.cuda.is_available(),
                     reason="caps RLIMIT_AS (Linux), which CUDA's address-space reservation would exceed")
 def test_a_validation_batch_that_does_not_fit_in_memory_names_eval_batch_size(tiny_gpt2, tmp_path):
@@ -192,6 +195,7 @@ def test_running_out_of_memory_names_the_option_that_sets_that_batch(what, flag)
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(torch.cuda.is_available(), reason="breaks the CPU's C++ compiler; CUDA code needs none")
 def test_compile_that_cannot_work_here_falls_back_with_one_warning(tiny_gpt2, rt_dir, tmp_path):
     """--compile where torch.compile fails (here: inductor finds no C++ compiler, as on a Windows machine without
@@ -212,51 +216,7 @@ def test_compile_that_cannot_work_here_falls_back_with_one_warning(tiny_gpt2, rt
     assert results["config"]["compile"] is False and results["reload_max_logit_diff"] <= 1e-4
 
 
-def test_validation_runs_on_length_sorted_batches_with_the_metrics_of_the_stored_order(setup, tiny_gpt2, tmp_path):
-    """The Trainer's validation pass scores length-sorted batches (little padding) and reports what scoring the
-    split in its stored order reports."""
-    from peft_helpers.config import RunConfig
-    from peft_helpers.modeling import create_peft_model
-    from peft_helpers.training import build_trainer
-
-    _, tokenizer, data = setup
-    model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")  # its own: the adapter goes in place
-    cfg = RunConfig(model="x", batch_size=8, output_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "c"),
-                    seed=0).resolved("gpt2")
-    peft_model = create_peft_model(model, cfg)
-    trainer = build_trainer(peft_model, tokenizer, data, cfg)
-    lengths = [int(batch["attention_mask"].sum(1).max()) for batch in trainer.get_eval_dataloader()]
-    assert lengths == sorted(lengths, reverse=True) and sorted(data["validation"]["length"]) != data["validation"]["length"]
-    metrics = trainer.evaluate()
-    stored = evaluate(peft_model, tokenizer, data["validation"], batch_size=8)
-    assert metrics["eval_accuracy"] == pytest.approx(stored.metrics["accuracy"])
-    assert metrics["eval_f1"] == pytest.approx(stored.metrics["f1"])
-    labels = torch.tensor(data["validation"]["label"])
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(stored.logits), labels).item()
-    assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-5)
-
-
-def test_the_trainers_flop_estimate_is_the_stock_one_counted_once(setup, tiny_gpt2, tmp_path):
-    """LengthGroupedTrainer counts the model's parameters once for the FLOPs it adds up after each step
-    (state.total_flos), instead of walking every module each step; the values are the stock Trainer's."""
-    from transformers import Trainer
-
-    from peft_helpers.config import RunConfig
-    from peft_helpers.modeling import create_peft_model
-    from peft_helpers.training import build_trainer
-
-    _, tokenizer, data = setup
-    model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
-    cfg = RunConfig(model="x", batch_size=8, output_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "c"),
-                    seed=0).resolved("gpt2")
-    trainer = build_trainer(create_peft_model(model, cfg), tokenizer, data, cfg)
-    batches = list(trainer.get_train_dataloader())
-    assert len({b["input_ids"].numel() for b in batches}) > 1  # batches of different sizes
-    for batch in batches:
-        stock = Trainer.floating_point_ops(trainer, batch)
-        assert stock > 0 and trainer.floating_point_ops(batch) == stock
-
-
+@pytest.mark.e2e
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU mixed precision; on a GPU bf16 is the CUDA path")
 def test_cpu_bf16_trains_in_mixed_precision_where_the_cpu_has_bf16_units(tiny_gpt2, rt_dir, tmp_path):
     """--precision bf16 on a CPU with AMX / AVX512-BF16: training under bf16 autocast, evaluation and the reload
@@ -278,57 +238,10 @@ def test_cpu_bf16_trains_in_mixed_precision_where_the_cpu_has_bf16_units(tiny_gp
     assert record["reload_max_logit_diff"] <= 1e-4  # evaluated in fp32, in memory and reloaded alike
 
 
-def needs_bf16_units():
-    from peft_helpers.hardware import cpu_has_bf16
-
-    if not torch.cuda.is_available() and not cpu_has_bf16():
-        pytest.skip("this CPU has no bf16 matrix units (the refusal is tested below)")
-
-
-def test_bf16_evaluation_runs_the_products_in_bf16_and_returns_float32_logits(setup):
-    needs_bf16_units()
-    model, tokenizer, data = setup
-    fp32 = evaluate(model, tokenizer, data["validation"], batch_size=8)
-    bf16 = evaluate(model, tokenizer, data["validation"], batch_size=8, precision="bf16")
-    assert bf16.logits.dtype == np.float32
-    # GPT-2's score head has no bias: under autocast its output is bf16, so every logit is a bf16 number
-    as_bf16 = torch.from_numpy(bf16.logits).bfloat16().float().numpy()
-    assert np.array_equal(as_bf16, bf16.logits)
-    assert not np.array_equal(torch.from_numpy(fp32.logits).bfloat16().float().numpy(), fp32.logits)
-    np.testing.assert_allclose(bf16.logits, fp32.logits, rtol=0.05, atol=0.05)
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
-
-
-@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)], ids=["fp32", "bf16"])
-def test_the_trainers_validation_runs_in_the_eval_precision(precision, dtype, setup, tiny_gpt2, tmp_path):
-    from peft_helpers.config import RunConfig
-    from peft_helpers.modeling import create_peft_model
-    from peft_helpers.training import build_trainer
-
-    if precision == "bf16":
-        needs_bf16_units()
-    _, tokenizer, data = setup
-    model, _ = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
-    cfg = RunConfig(model="x", batch_size=8, output_dir=str(tmp_path / "a"), checkpoint_dir=str(tmp_path / "c"),
-                    seed=0, eval_precision=precision).resolved("gpt2")
-    peft_model = create_peft_model(model, cfg)
-    trainer = build_trainer(peft_model, tokenizer, data, cfg)
-    seen = []
-    head = peft_model.base_model.model.score.modules_to_save["default"]
-    handle = head.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
-    try:
-        metrics = trainer.evaluate()
-    finally:
-        handle.remove()
-    assert seen and set(seen) == {dtype} and 0 <= metrics["eval_accuracy"] <= 1
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
 @pytest.mark.parametrize("setting, value, expected", [
     pytest.param("precision", "bf16", "needs a CUDA GPU or a CPU with bf16 matrix units .*: use auto or fp32 on this",
                  id="bf16-training"),
-    pytest.param("eval_precision", "bf16", "needs a CUDA GPU or a CPU with bf16 matrix units .*: use fp32 on this",
-                 id="bf16-evaluation"),
     pytest.param("precision", "fp16", "needs a CUDA GPU: use auto or fp32 on this machine", id="fp16-training"),
 ])
 def test_half_precision_is_refused_where_this_machine_has_no_units_for_it(setting, value, expected, monkeypatch):
