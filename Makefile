@@ -20,7 +20,7 @@ COMPAT_TESTS ?= tests/test_notebook.py tests/test_cli.py tests/test_persistence.
 COMPAT_MARKERS ?= not slow
 
 .PRECIOUS: .venv-compat-%/.installed
-.PHONY: venv demo test test-all test-slow test-compat lint notebook executed bench clean
+.PHONY: venv demo test test-all test-slow test-compat lint notebook executed bench bench-more clean
 
 venv: $(VENV)/.installed
 
@@ -81,6 +81,12 @@ executed: venv
 
 bench: venv
 	$(PY) benchmarks/bench.py --out BENCHMARKS.md
+
+# BENCHMARKS.md's AG News and batch-prediction tables (about 45 minutes on 2 cores); the GPU tables come from
+# benchmarks/gpu_check.sh on a GPU machine.
+bench-more: venv
+	$(PY) benchmarks/ag_news.py --out-dir runs/ag_news
+	$(PY) benchmarks/predict_memory.py --rows 100000 1000000
 
 clean:
 	rm -rf runs .pytest_cache

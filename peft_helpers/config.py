@@ -97,6 +97,12 @@ class RunConfig:
     dropout: float | None = field(
         default=None, metadata={"help": "Dropout on the adapter branch (LoRA family, VeRA); None = 0.1."}
     )
+    model_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Dropout inside the pretrained model while training: every dropout probability of its config "
+                          "(BERT's hidden and attention dropout, GPT-2's *_pdrop, Llama's attention_dropout), set when "
+                          "it loads; None = the model's own (0.1 for BERT and GPT-2)."},
+    )
     target_modules: list[str] | None = field(
         default=None,
         metadata={"help": "Modules that get the adapter; None = tuned for the architecture (peft's default otherwise)."},
@@ -172,6 +178,7 @@ class RunConfig:
             ("r", self.r is None or (isinstance(self.r, int) and self.r >= 1), "a whole number >= 1"),
             ("alpha", self.alpha is None or self.alpha > 0, "a positive number"),
             ("dropout", self.dropout is None or 0 <= self.dropout < 1, "a value in [0, 1)"),
+            ("model_dropout", self.model_dropout is None or 0 <= self.model_dropout < 1, "a value in [0, 1)"),
             ("num_virtual_tokens", self.num_virtual_tokens is None or (isinstance(self.num_virtual_tokens, int)
                                                                        and self.num_virtual_tokens >= 1),
              "a whole number >= 1"),

@@ -1,5 +1,5 @@
-"""How fast this machine multiplies matrices: the reference for model FLOPs utilisation (benchmarks) and the
-figure `demo` prints first, so that its time can be compared between machines."""
+"""How fast this machine multiplies matrices, and what its CPU is: the line `demo` prints first (so that its time
+can be compared between machines) and the benchmarks' hardware line."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ import time
 
 
 def use_threads(threads: int | None) -> None:
-    """torch.set_num_threads(threads), but only where it changes the number (None: leave it).
-
-    The call does more than set a number: besides OpenMP's count it fixes MKL's thread count for every call and
-    turns off MKL's own choice of fewer threads for small products (both seen here: resetting both through MKL's
-    C functions undoes the effect), and nothing in torch turns them back. PyTorch's CPU attention kernel (SDPA)
-    runs MKL on tiny matrices inside its own parallel loop; after the call, on a 2-core AMD EPYC, it took 1.6x as
-    long and the training step 1.03x (benchmarks/thread_setting.py; BENCHMARKS.md,
-    "Setting torch's thread count"). A process that never calls it runs in MKL's defaults, as `run` and the
-    notebook do; so must the demo's rate line and the benchmarks that stand for them."""
+    """torch.set_num_threads(threads), but only where it changes the number (None: leave it): the call also pins
+    MKL's threading, which made PyTorch's CPU attention kernel 1.6x slower on a 2-core AMD EPYC for the rest of the
+    process, and `run` and the notebook never call it."""
     import torch
 
     if threads is not None and threads != torch.get_num_threads():

@@ -88,10 +88,17 @@ def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         raise UserError(f"max_length={max_length} exceeds the model's {limit} positions: use max_length <= {limit}.")
 
 
-def from_pretrained_kwargs(method: str = "lora") -> dict:
+def from_pretrained_kwargs(method: str = "lora", model_dropout: float | None = None, source: str | None = None) -> dict:
     """What from_pretrained needs besides the labels: float32 weights, as trained (transformers 5 loads a checkpoint
-    in its stored dtype, often bf16); for QLoRA the 4-bit base."""
-    return quantization_kwargs() if method == "qlora" else dtype_kwarg(torch.float32)
+    in its stored dtype, often bf16); for QLoRA the 4-bit base. With `model_dropout`, every dropout probability of
+    the model's config (`source`'s: BERT's hidden and attention dropout, GPT-2's *_pdrop, Llama's attention_dropout)
+    is set to it through from_pretrained's config overrides, so transformers builds the model with that dropout."""
+    kwargs = quantization_kwargs() if method == "qlora" else dtype_kwarg(torch.float32)
+    if model_dropout is not None:
+        config = AutoConfig.from_pretrained(source).to_dict()
+        kwargs.update({k: model_dropout for k, v in config.items()
+                       if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop"))})
+    return kwargs
 
 
 def ready_for_classification(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, method: str = "lora",
@@ -110,7 +117,8 @@ def ready_for_classification(model: PreTrainedModel, tokenizer: PreTrainedTokeni
 
 
 def load_model(model: str, label_names: list[str], seed: int = 42, max_length: int | None = None,
-               device: str | None = None, method: str = "lora") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               device: str | None = None, method: str = "lora",
+               model_dropout: float | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A pretrained model with a freshly initialised (seeded) classification head for `label_names`, and its
     tokenizer, ready_for_classification: the notebook's loading cell in one call. Never runs remote code."""
     load_config(model)  # clear errors before any weights are read
@@ -119,7 +127,8 @@ def load_model(model: str, label_names: list[str], seed: int = 42, max_length: i
     id2label = dict(enumerate(label_names))
     net = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(model), num_labels=len(label_names), id2label=id2label,
-        label2id={name: i for i, name in id2label.items()}, **from_pretrained_kwargs(method))
+        label2id={name: i for i, name in id2label.items()},
+        **from_pretrained_kwargs(method, model_dropout, resolve_model(model)))
     return ready_for_classification(net, tokenizer, method, max_length, device), tokenizer
 
 

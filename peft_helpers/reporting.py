@@ -126,21 +126,11 @@ def plot_training(log_history: list[dict]):
     return plot_learning_curves({"": log_history})
 
 
-def folder_size(path: str | Path) -> int:
-    """Bytes in a folder (e.g. a saved adapter), to set against the full model's size."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def file_sizes(path: str | Path) -> pd.DataFrame:
     files = sorted(f for f in Path(path).rglob("*") if f.is_file())
     return pd.DataFrame(
         {"file": [str(f.relative_to(path)) for f in files], "KiB": [round(f.stat().st_size / 1024, 1) for f in files]}
     )
-
-
-def parameter_bytes(model) -> int:
-    """In-memory size of all parameters (what a full fine-tune would have to save)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def prediction_table(before, after) -> pd.DataFrame:

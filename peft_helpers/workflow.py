@@ -127,7 +127,8 @@ def prepare(cfg: RunConfig, device: str | None = None) -> Prepared:
     cfg = resolve(cfg)
     data = load_run_data(cfg)
     names = label_names(data)
-    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device, method=cfg.method)
+    model, tokenizer = load_model(cfg.model, names, cfg.seed, cfg.max_length, device=device, method=cfg.method,
+                                  model_dropout=cfg.model_dropout)
     return Prepared(cfg, data, tokenize(data, tokenizer, cfg.max_length, cfg.truncation), model, tokenizer, names)
 
 
@@ -145,7 +146,8 @@ def describe(p: Prepared) -> None:
     print(f"Settings: method={cfg.method}, epochs={cfg.epochs:g}, learning_rate={cfg.learning_rate:g}"
           + (f", {options}" if options else "")
           + ("" if cfg.num_virtual_tokens else f", target_modules={cfg.target_modules or 'default'}")
-          + ("" if cfg.layers is None else f", layers={cfg.layers}"))
+          + ("" if cfg.layers is None else f", layers={cfg.layers}")
+          + ("" if cfg.model_dropout is None else f", model_dropout={cfg.model_dropout:g}"))
 
 
 def training_record(trainer: Trainer) -> dict:

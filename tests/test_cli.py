@@ -143,7 +143,7 @@ def test_demo_settings_online_and_offline(rt_dir, monkeypatch):
     assert (online.model, online.data_dir, online.train_size, online.output_dir) == ("gpt2", None, None, DEMO_OUTPUT_DIR)
     offline = demo_config(str(rt_dir), online=False)
     assert (offline.model, offline.data_dir, offline.eval_size) == ("minilm", str(rt_dir), None)
-    assert (offline.epochs, offline.validation) == (2.0, False)
+    assert (offline.epochs, offline.model_dropout, offline.dropout, offline.validation) == (2.0, 0.0, 0.0, False)
     assert online.validation is True
     with pytest.raises(UserError, match="Hub is unreachable and no local data"):
         demo_config(None, online=False)

@@ -115,3 +115,17 @@ def test_bad_layers_are_refused_in_one_line(tiny_gpt2, settings, message):
 
     with pytest.raises(UserError, match=message):
         check_method_before_loading(RunConfig(model=str(tiny_gpt2), **settings).resolved("gpt2"))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_model_dropout_builds_the_model_with_that_dropout_and_none_keeps_its_own(arch, tiny_gpt2, tmp_path):
+    """--model-dropout goes through from_pretrained's config overrides: transformers builds the model with it."""
+    folder = str(tiny_gpt2) if arch == "gpt2" else str(make_tiny_bert(tmp_path / "bert"))
+    own, _ = load_model(folder, ["neg", "pos"], device="cpu")
+    off, _ = load_model(folder, ["neg", "pos"], device="cpu", model_dropout=0.0)
+    rates = [[m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] for model in (own, off)]
+    assert rates[0] and max(rates[0]) == pytest.approx(0.1) and set(rates[1]) == {0.0}
+    keys = [k for k in off.config.to_dict() if "dropout" in k or k.endswith("pdrop")]
+    assert keys and all(getattr(off.config, k) in (0.0, None) for k in keys)
+    with pytest.raises(UserError, match=r"model_dropout=1\.5 is invalid"):
+        RunConfig(model="x", model_dropout=1.5)
