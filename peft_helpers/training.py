@@ -300,7 +300,7 @@ def prepare_checkpoints(cfg: RunConfig, resume: bool = False, fresh: bool = Fals
 
 
 def train(model, tokenizer, data: DatasetDict, cfg: RunConfig, resume_from: str | None = None) -> TrainResult:
-    """Train on data['train'], evaluating on data['validation'] after each epoch (not with cfg.validation off);
+    """Train on data["train"], evaluating on data["validation"] five times in the run (not with cfg.validation off);
     checkpoints go to cfg.checkpoint_dir (with run.json, the settings a resume must match). `resume_from` comes
     from prepare_checkpoints."""
     cfg.require_resolved()
