@@ -23,6 +23,7 @@ from .distributed import is_main
 from .errors import UserError, batch_size_advice
 from .metrics import compute_metrics
 from .modeling import default_device, freeze_adalora_ranknum
+from .persistence import save_initial_adapter
 
 RUN_FILE = "run.json"  # in the checkpoint folder: the settings of the run its checkpoints belong to
 
@@ -183,8 +184,6 @@ class SaveInitialAdapter(TrainerCallback):
         self.folder = folder
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        from .persistence import save_initial_adapter
-
         if is_main():  # the other processes of a launch share the folder
             save_initial_adapter(model, self.folder)
 
