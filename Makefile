@@ -14,13 +14,15 @@ pyenv_python = $(firstword $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python)
 COMPAT_PYTHON_oldest ?= $(call pyenv_python,3.10)
 COMPAT_PYTHON_newest ?= $(call pyenv_python,3.13)
 # The tests that touch version differences: the notebook, the command line end to end, save/reload, resume, several
-# processes, the PEFT methods (each trains, saves and reloads), data loading through datasets.
+# processes, the PEFT methods (each trains, saves and reloads), data loading through datasets, multi-label and
+# regression (dataset features, problem_type), the Optuna search.
 COMPAT_TESTS ?= tests/test_notebook.py tests/test_cli.py tests/test_persistence.py tests/test_reliability.py \
-	tests/test_distributed.py tests/test_methods.py tests/test_datasets.py tests/test_export.py
+	tests/test_distributed.py tests/test_methods.py tests/test_datasets.py tests/test_export.py \
+	tests/test_problems.py tests/test_tune.py
 COMPAT_MARKERS ?= not slow
 
 .PRECIOUS: .venv-compat-%/.installed
-.PHONY: venv demo test test-all test-slow test-compat lint notebook executed bench bench-more clean
+.PHONY: venv demo test test-all test-slow test-compat lint notebook executed bench bench-more bench-problems bench-tune clean
 
 venv: $(VENV)/.installed
 
@@ -81,6 +83,14 @@ executed: venv
 
 bench: venv
 	$(PY) benchmarks/bench.py --out BENCHMARKS.md
+
+# BENCHMARKS.md's multi-label and regression table (about 25 minutes on 2 cores) and the search on Rotten Tomatoes
+# (a 20-minute budget, then the best trial, the defaults and two more seeds: about 40 minutes).
+bench-problems: venv
+	$(PY) benchmarks/problems.py --out-dir runs/problems
+
+bench-tune: venv
+	$(PY) benchmarks/tune_rt.py --out-dir runs/tune-rt --budget 20m
 
 # BENCHMARKS.md's AG News and batch-prediction tables (about 45 minutes on 2 cores); the GPU tables come from
 # benchmarks/gpu_check.sh on a GPU machine.

@@ -23,7 +23,15 @@ from .methods import head_name, reads_last_token
 from .metrics import classification_metrics
 from .modeling import count_parameters, default_device, resolve_model
 from .training import device_summary, remove_checkpoints, train
-from .workflow import RESULTS_FILE, Prepared, dataset_name, peak_memory_mib, prepare, write_json
+from .workflow import (
+    RESULTS_FILE,
+    Prepared,
+    dataset_name,
+    peak_memory_mib,
+    prepare,
+    tune_decision_threshold,
+    write_json,
+)
 
 BASELINES = ("random_head", "linear_probe", "full", "zero_shot")
 # Learning rates relative to the family's LoRA rate: a head alone takes large steps; every weight of a
@@ -63,6 +71,7 @@ def _trained(p: Prepared, trainable: list[torch.nn.Parameter], kind: str) -> dic
     cfg = type(p.cfg)(**{**p.cfg.to_dict(), "learning_rate": min(0.5, p.cfg.learning_rate * LR_SCALE[kind])})
     trained = train(p.model, p.tokenizer, p.encoded, cfg)
     remove_checkpoints(cfg)
+    tune_decision_threshold(p, p.model)  # multi-label: on validation, as a PEFT run does
     result = p.evaluate_test(p.model, kind)
     count = sum(param.numel() for param in trainable)
     return {"finetuned": result.metrics, "trainable_params": count, "total_params": count_parameters(p.model).total,

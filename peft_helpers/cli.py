@@ -22,6 +22,7 @@ commands:
   data     load and check the data of a run without a model: data --data-dir PATH (or --dataset NAME) ...
   export   a standalone model (LoRA merged, head, labels, tokenizer): export ADAPTER_DIR OUT_DIR --merge
   compare  several PEFT methods and baselines on the same data, split and seed: one table and one plot
+  tune     search learning rate, rank, alpha, dropout, epochs, targets with Optuna (--trials, --time-budget)
 
 `python -m peft_helpers run --help` lists every option."""
 
@@ -110,8 +111,12 @@ def _predict(argv: list[str]) -> int:
         return 0
     model, tokenizer = load_for_prediction(argv[0])
     for row in predict(model, tokenizer, argv[1:]).records():
+        if "score" in row:  # regression
+            print(f"{row['score']:>8.3f}  {row['text']}")
+            continue
+        label = ", ".join(row["label"]) or "(none)" if isinstance(row["label"], list) else row["label"]
         probs = ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("p("))
-        print(f"{row['label']:>8}  [{probs}]  {row['text']}")
+        print(f"{label:>8}  [{probs}]  {row['text']}")
     return 0
 
 
@@ -175,6 +180,15 @@ def _compare(argv: list[str]) -> int:
     return 0
 
 
+def _tune(argv: list[str]) -> int:
+    from .tune import TuneOptions, tune
+
+    parser = HfArgumentParser((RunConfig, TuneOptions), prog="python -m peft_helpers tune")
+    cfg, options = _parse(parser, argv)
+    tune(cfg, options)
+    return 0
+
+
 def _parse(parser: HfArgumentParser, argv: list[str]):
     try:
         return parser.parse_args_into_dataclasses(args=argv)
@@ -182,7 +196,8 @@ def _parse(parser: HfArgumentParser, argv: list[str]):
         raise UserError(str(err)) from None
 
 
-COMMANDS = {"run": _run, "demo": _demo, "predict": _predict, "data": _data, "export": _export, "compare": _compare}
+COMMANDS = {"run": _run, "demo": _demo, "predict": _predict, "data": _data, "export": _export, "compare": _compare,
+            "tune": _tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from .baselines import BASELINES
 from .config import RunConfig, model_slug
 from .errors import UserError
 from .methods import METHOD_OPTIONS, METHODS, get_method
+from .metrics import PROBLEM_METRICS
 from .modeling import is_decoder
 from .workflow import RESULTS_FILE, resolve, write_json
 
@@ -163,13 +164,16 @@ def collect(entries: list[Entry], skipped: dict[str, str] | None = None) -> pd.D
             rows.append({"method": entry.name, "seed": entry.seed, "note": (skipped or {}).get(entry.name, "not run")})
             continue
         r = json.loads(path.read_text())
+        headline = PROBLEM_METRICS[r.get("problem", "single-label")][0]
         peak = r.get("peak_memory_mib") or {}
         rows.append({
             "method": entry.name, "seed": entry.seed, "trainable_params": r["trainable_params"],
             "trainable_%": 100 * r["trainable_params"] / r["total_params"], "adapter_MiB": r.get("adapter_mib"),
             "train_s": r.get("train_seconds"), "train_examples_per_s": r.get("train_samples_per_second"),
-            "peak_memory_MiB": peak.get("gpu", peak.get("rss")), "accuracy": r["finetuned"]["accuracy"],
-            "macro_f1": r["finetuned"]["f1"], "note": "",
+            # multi-label and regression runs: their headline metric (Jaccard, Pearson) and macro-F1 where it exists
+            "peak_memory_MiB": peak.get("gpu", peak.get("rss")), "accuracy": r["finetuned"][headline],
+            "macro_f1": r["finetuned"].get("f1", r["finetuned"].get("macro_f1")),
+            "note": "" if headline == "accuracy" else f"accuracy column: {headline}",
         })
     return pd.DataFrame(rows, columns=[*COLUMNS, "note"])
 

@@ -8,8 +8,10 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .data import PROBLEMS
 from .errors import UserError
 from .methods import METHOD_OPTIONS, METHODS, check_options, get_method
+from .metrics import PROBLEM_METRICS
 
 
 @dataclass
@@ -45,6 +47,18 @@ class RunConfig:
     label_column: str = field(
         default="label",
         metadata={"help": "Label column of a local file; in a file without a header, its position (0, 1, ...)."},
+    )
+    problem: str = field(
+        default="auto",
+        metadata={"help": "single-label, multi-label (several 0/1 label columns, --label-column anger,joy,..., or a "
+                          "column of lists) or regression (a number per text); auto: read from the labels."},
+    )
+    scale_targets: bool = field(
+        default=True,
+        metadata={"help": "Regression: train on targets divided by the train split's standard deviation (and "
+                          "centred on its mean where the head has a bias, as BERT-style heads do); afterwards the head "
+                          "is rescaled so the model predicts the original scale (recorded in peft_helpers.json). "
+                          "--no-scale-targets trains on the raw values. Other problems ignore it."},
     )
     text_pair_column: str | None = field(
         default=None, metadata={"help": "A second text column, given to the model as a sentence pair (e.g. glue/mrpc)."}
@@ -205,8 +219,11 @@ class RunConfig:
                                 "AVX512-BF16), which this one lacks: use auto or fp32 on this machine.")
             if self.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
                 raise UserError("this GPU has no bf16: use precision fp16 (or auto).")
-        if self.metric_for_best not in (None, "accuracy", "f1"):
-            raise UserError(f"metric_for_best={self.metric_for_best!r} is invalid: use accuracy or f1.")
+        if self.problem not in ("auto", *PROBLEMS):
+            raise UserError(f"problem={self.problem!r} is invalid: use auto, {', '.join(PROBLEMS)}.")
+        known = sorted({m for names in PROBLEM_METRICS.values() for m in names} - {"mse", "mae"})
+        if self.metric_for_best not in (None, *known):
+            raise UserError(f"metric_for_best={self.metric_for_best!r} is invalid: use {', '.join(known)}.")
         if self.metric_for_best is not None and not self.validation:
             raise UserError("metric_for_best chooses the adapter by its validation score: drop --no-validation, or "
                             "drop --metric-for-best to keep the last adapter.")

@@ -5,7 +5,9 @@ Rules (README, "Data"):
 - text is read as text: an empty field is empty, `NA` or `null` is the word itself;
 - labels are all integers (any values, sorted into ids), all booleans, or all names (sorted); a mix is refused;
   names for integer labels can come from a `classes.txt` beside the data;
-- a missing validation or test split is carved out of train (stratified, seeded) and the carving is printed.
+- a missing validation or test split is carved out of train (stratified, seeded) and the carving is printed;
+- the problem follows the labels (or `problem`): one label per text (ClassLabel), several (several 0/1 columns, or
+  a column of lists: a list of ClassLabel ids) or a number (a float column with many distinct values: regression).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, load_dataset
 
 from .compat import network_errors
 from .errors import UserError
@@ -28,7 +30,12 @@ LABEL_NAMES = ["neg", "pos"]
 SPLITS = ("train", "validation", "test")
 CARVE_FRACTION = 0.1  # of all rows, for each missing validation/test split
 CLASS_NAMES_FILE = "classes.txt"
-_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+# What a run learns, in transformers' words (config.problem_type); RunConfig.problem names them for the user.
+PROBLEMS = {"single-label": "single_label_classification", "multi-label": "multi_label_classification",
+            "regression": "regression"}
+# A float label column with at least this many distinct values is a regression target when the problem is "auto".
+REGRESSION_MIN_VALUES = 20
 _INTEGER = re.compile(r"[+-]?\d+")
 _BOOLEANS = {"true": True, "false": False}
 
@@ -93,6 +100,7 @@ def load_named_dataset(
     text_pair_column: str | None = None,
     splits: dict[str, str] | None = None,
     seed: int = 42,
+    problem: str = "auto",
 ) -> DatasetDict:
     """A dataset by name, through the same `datasets.load_dataset` call for a Hub id (e.g. "SetFit/bbc-news") and a
     local folder of data files (e.g. Parquet); a folder written by `save_to_disk` is read with `load_from_disk`.
@@ -113,9 +121,9 @@ def load_named_dataset(
         if absent:
             raise UserError(f"{name} ({split} split) has no column {absent[0]!r} (columns: {', '.join(ds.column_names)}): "
                             "pass --text-column/--label-column/--text-pair-column with the right names.")
-    names, ids = _named_labels(parts, label_column, name)
+    names, ids, problem = _named_labels(parts, label_column, name, problem)
     text_columns = {split: text_column for split in parts}
-    return carve_missing_splits(_assemble(parts, text_columns, text_pair_column, names, ids), seed)
+    return carve_missing_splits(_assemble(parts, text_columns, text_pair_column, names, ids, problem), seed)
 
 
 def _load_by_name(name: str, config: str | None) -> DatasetDict:
@@ -155,11 +163,18 @@ def _texts(rows, text_column: str) -> list[str]:
     return [" ".join(t for t in map(_text, row) if t.strip()) for row in zip(*columns)]
 
 
+def label_feature(problem: str, names: list[str]):
+    """The label column's feature: a ClassLabel, a list of ClassLabel ids (multi-label), or a float (regression)."""
+    if problem == "regression":
+        return Value("float32")
+    return Sequence(ClassLabel(names=names)) if problem == "multi-label" else ClassLabel(names=names)
+
+
 def _assemble(parts: dict, text_columns: dict[str, str], text_pair_column: str | None, names: list[str],
-              ids: dict[str, list[int]]) -> DatasetDict:
-    """Our splits (text, optional text_pair, ClassLabel label) from each source split's rows; `text_columns` gives
+              ids: dict[str, list], problem: str = "single-label") -> DatasetDict:
+    """Our splits (text, optional text_pair, label) from each source split's rows; `text_columns` gives
     each split's text column (headerless files are detected one by one)."""
-    features = {"text": Value("string"), "label": ClassLabel(names=names)}
+    features = {"text": Value("string"), "label": label_feature(problem, names)}
     if text_pair_column:
         features["text_pair"] = Value("string")
     data = {}
@@ -171,7 +186,8 @@ def _assemble(parts: dict, text_columns: dict[str, str], text_pair_column: str |
     return DatasetDict(data)
 
 
-def _named_labels(parts: dict[str, Dataset], label_column: str, name: str) -> tuple[list[str], dict[str, list[int]]]:
+def _named_labels(parts: dict[str, Dataset], label_column: str, name: str,
+                  problem: str = "auto") -> tuple[list[str], dict[str, list], str]:
     for split, ds in parts.items():
         values = ds[label_column]
         missing = [i for i, v in enumerate(values) if v is None]
@@ -179,6 +195,13 @@ def _named_labels(parts: dict[str, Dataset], label_column: str, name: str) -> tu
             raise UserError(f"{name} ({split} split) has {len(missing)} missing label(s), first at row {missing[0] + 1}: "
                             "drop those rows or choose another --label-column.")
     feature = parts["train"].features[label_column]
+    raw = {split: list(ds[label_column]) for split, ds in parts.items()}
+    if isinstance(feature, Sequence) and isinstance(feature.feature, ClassLabel) and problem in ("auto", "multi-label"):
+        return list(feature.feature.names), {s: [sorted(set(v)) for v in values] for s, values in raw.items()}, "multi-label"
+    problem = detect_problem(raw["train"], problem)
+    if problem != "single-label":
+        names, ids = (_label_lists if problem == "multi-label" else _targets)(raw)
+        return names, ids, problem
     if isinstance(feature, ClassLabel):
         for split, ds in parts.items():
             if ds.features[label_column] != feature:
@@ -196,7 +219,7 @@ def _named_labels(parts: dict[str, Dataset], label_column: str, name: str) -> tu
             if values:
                 raise UserError(f"{split} split has labels {[feature.names[v] for v in values[:5]]} that the train split "
                                 f"never shows: fix or drop those rows.")
-        return list(feature.names), ids
+        return list(feature.names), ids, problem
     text_columns = [c.format(label=label_column) for c in LABEL_TEXT_COLUMNS]
     names_column = next((c for c in text_columns if c in parts["train"].column_names), None)
     names, ids = encode_label_values({split: list(ds[label_column]) for split, ds in parts.items()})
@@ -206,7 +229,7 @@ def _named_labels(parts: dict[str, Dataset], label_column: str, name: str) -> tu
         if len(mapping) == len(pairs):  # one name per label value
             print(f"Label names from the {names_column!r} column.")
             names = [mapping.get(n, n) for n in names]
-    return names, ids
+    return names, ids, problem
 
 
 # --- Local files ----------------------------------------------------------------------------------------------
@@ -232,18 +255,24 @@ class Table:
 
 def load_text_classification(
     path: str | Path, text_column: str = "text", label_column: str = "label", seed: int = 42,
-    text_pair_column: str | None = None,
+    text_pair_column: str | None = None, problem: str = "auto", splits: dict[str, str] | None = None,
 ) -> DatasetDict:
-    """A local CSV/TSV/JSON/JSONL/Parquet file (validation and test carved out of it, stratified), or a folder
-    with a train file and optional validation/test files (missing ones are carved out of train)."""
+    """A local CSV/TSV(.txt)/JSON/JSONL/Parquet file (validation and test carved out of it, stratified), or a folder
+    with a train file and optional validation/test files (missing ones are carved out of train). `splits` names
+    the file of each split (e.g. {"test": "dev"} reads dev.tsv as the test split; "none" carves it). Several label
+    columns (`label_column="anger,joy,..."`, each 0/1) or a column of lists make a multi-label dataset."""
     path = Path(path)
+    names_of = {split: (splits or {}).get(split) or split for split in SPLITS}
     if path.is_file():
         files = {"train": path}
     elif path.is_dir():
-        files = {split: f for split in SPLITS if (f := _find_split_file(path, split)) is not None}
+        files = {split: f for split in SPLITS
+                 if names_of[split] != "none" and (f := _find_split_file(path, names_of[split])) is not None}
         if "train" not in files:
             # A folder holding a single data file under another name (AG News ships test.csv alone): use that file.
-            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in _FORMATS)
+            # (.txt files count only by a split's name: a folder's readme.txt or classes.txt is not data)
+            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in _FORMATS
+                           and f.suffix.lower() != ".txt")
             if len(found) != 1:
                 raise UserError(
                     f"{path} holds no rt-polarity.pos/.neg and no train.csv/.tsv/.json/.jsonl/.parquet"
@@ -254,8 +283,15 @@ def load_text_classification(
             files = {"train": found[0]}
     else:
         raise UserError(f"data path {path} does not exist.")
-    tables = {split: _read_table(f, text_column, label_column) for split, f in files.items()}
-    columns = {split: _columns(t, text_column, label_column) for split, t in tables.items()}
+    label_columns = label_column.split(",")
+    tables = {split: _read_table(f, text_column, label_columns[0]) for split, f in files.items()}
+    if len(label_columns) > 1:  # several 0/1 columns: multi-label
+        columns = {split: (_columns(t, text_column, label_columns[0])[0], label_column) for split, t in tables.items()}
+        for table in tables.values():
+            for column in label_columns[1:]:  # every label column must exist
+                _columns(table, text_column, column)
+    else:
+        columns = {split: _columns(t, text_column, label_column) for split, t in tables.items()}
     for split, table in tables.items():
         _check_rows(table, *columns[split])
         if text_pair_column is not None:
@@ -263,12 +299,94 @@ def load_text_classification(
                 raise UserError(f"{table.path.name} has no column {text_pair_column!r} (columns: "
                                 f"{', '.join(table.frame.columns)}): pass --text-pair-column with the right name.")
             _check_rows(table, text_pair_column, columns[split][1])
-    raw_labels = {split: list(table.frame[columns[split][1]]) for split, table in tables.items()}
-    class_names = _class_names_file(path if path.is_dir() else path.parent)
-    names, ids = encode_label_values(raw_labels, tables, class_names)
     frames = {split: table.frame for split, table in tables.items()}
     text_columns = {split: text for split, (text, _) in columns.items()}
-    return carve_missing_splits(_assemble(frames, text_columns, text_pair_column, names, ids), seed)
+    if len(label_columns) > 1:
+        problem, (names, ids) = "multi-label", _label_columns(tables, label_columns)
+    else:
+        raw_labels = {split: list(table.frame[columns[split][1]]) for split, table in tables.items()}
+        problem = detect_problem(raw_labels["train"], problem)
+        if problem == "single-label":
+            class_names = _class_names_file(path if path.is_dir() else path.parent)
+            names, ids = encode_label_values(raw_labels, tables, class_names)
+        else:
+            names, ids = (_label_lists if problem == "multi-label" else _targets)(raw_labels, tables)
+    return carve_missing_splits(_assemble(frames, text_columns, text_pair_column, names, ids, problem), seed)
+
+
+def detect_problem(values: list, problem: str = "auto") -> str:
+    """The problem a label column asks for: `problem` when given, otherwise multi-label for lists, regression for
+    floats with many distinct values, single-label for the rest."""
+    if problem != "auto":
+        return problem
+    if any(isinstance(v, (list, tuple, np.ndarray)) for v in values[:100]):
+        return "multi-label"
+    kinds = {_label_kind(v) for v in values}
+    if "float" in kinds and kinds <= {"float", "integer"} and len(set(map(str, values))) >= REGRESSION_MIN_VALUES:
+        return "regression"
+    return "single-label"
+
+
+def _where(tables, split: str, i: int) -> str:
+    return tables[split].where(i) if tables else f"{split} row {i + 1}"
+
+
+def _label_columns(tables: dict[str, Table], columns: list[str]) -> tuple[list[str], dict[str, list[list[int]]]]:
+    """Several 0/1 columns (one per label, e.g. SemEval's emotions): each row's list of the labels marked 1."""
+    ids = {}
+    for split, table in tables.items():
+        rows = [[] for _ in range(len(table.frame))]
+        for j, column in enumerate(columns):
+            for i, value in enumerate(table.frame[column]):
+                text = str(value).strip().lower()
+                if text not in ("0", "1", "0.0", "1.0", "true", "false"):
+                    raise UserError(f"multi-label column {column!r} holds {value!r} at {table.where(i)}: each label "
+                                    "column must hold 0 or 1 (or true/false).")
+                if text in ("1", "1.0", "true"):
+                    rows[i].append(j)
+        ids[split] = rows
+    return list(columns), ids
+
+
+def _label_lists(raw: dict[str, list], tables=None) -> tuple[list[str], dict[str, list[list[int]]]]:
+    """A column of lists (JSON/Parquet), each naming the labels of its text; the train split defines the names."""
+    for split, values in raw.items():
+        for i, value in enumerate(values):
+            if not isinstance(value, (list, tuple, np.ndarray)):
+                raise UserError(f"multi-label needs a list of labels in every row, but {_where(tables, split, i)} "
+                                f"holds {value!r}: write it as a list, e.g. [\"joy\"] or [].")
+    names = sorted({str(v) for value in raw["train"] for v in value})
+    if len(names) < 2:
+        raise UserError(f"the train split's label lists name {len(names)} label(s): multi-label needs at least two.")
+    index = {n: i for i, n in enumerate(names)}
+    for split, values in raw.items():
+        for i, value in enumerate(values):
+            unknown = [str(v) for v in value if str(v) not in index]
+            if unknown:
+                raise UserError(f"{_where(tables, split, i)} names label {unknown[0]!r}, which the train split never "
+                                f"shows (labels: {', '.join(names[:20])}): fix or drop that row.")
+    return names, {split: [sorted({index[str(v)] for v in value}) for value in values] for split, values in raw.items()}
+
+
+def _targets(raw: dict[str, list], tables=None) -> tuple[list[str], dict[str, list[float]]]:
+    """Regression targets: every value a number; the train split's must vary."""
+    out = {}
+    for split, values in raw.items():
+        targets = []
+        for i, value in enumerate(values):
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                number = float("nan")
+            if not np.isfinite(number):
+                raise UserError(f"regression target {value!r} at {_where(tables, split, i)} is not a number: every "
+                                "label must be one (e.g. 3.8).")
+            targets.append(number)
+        out[split] = targets
+    if len(set(out["train"])) < 2:
+        raise UserError(f"the train split's regression target is constant ({out['train'][0]:g}): there is nothing to "
+                        "learn; is it the right --label-column?")
+    return ["score"], out
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -311,8 +429,19 @@ def _read_table(path: Path, text_column: str, label_column: str) -> Table:
 
 def _read_delimited(path: Path, text: str, sep: str, expected: set[str]) -> Table:
     """CSV/TSV with Python's csv module: every field is a string, exactly as written (no missing-value guessing,
-    the same on every pandas version), quoted fields may span lines, and each row keeps the line it starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    the same on every pandas version), quoted fields may span lines, and each row keeps the line it starts on.
+    A tab-separated file whose rows only line up with quotes read as text (GLUE's STS-B: a sentence may start
+    with a quote it never closes) is read so."""
+    try:
+        return _read_records(path, text, sep, expected, csv.QUOTE_MINIMAL)
+    except UserError:
+        if sep != "\t":
+            raise
+        return _read_records(path, text, sep, expected, csv.QUOTE_NONE)
+
+
+def _read_records(path: Path, text: str, sep: str, expected: set[str], quoting: int) -> Table:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quoting=quoting)
     records, lines, previous = [], [], 0
     try:
         for record in reader:
@@ -382,7 +511,8 @@ def _detect_columns(frame: pd.DataFrame) -> tuple[str, list[str]]:
 
 def _check_rows(table: Table, text_column: str, label_column: str) -> None:
     """Refuse empty texts and missing labels, naming the file, the first row and the count."""
-    for column, what in ((text_column, "empty or missing text(s)"), (label_column, "missing label(s)")):
+    checks = [(text_column, "empty or missing text(s)"), *((c, "missing label(s)") for c in label_column.split(","))]
+    for column, what in checks:
         empty = [i for i, v in enumerate(_texts(table.frame, column)) if not v.strip()]
         if empty:
             raise UserError(f"{table.path.name} has {len(empty)} {what}, first at {table.where(empty[0])}: "
@@ -434,8 +564,8 @@ def encode_label_values(
             kind = _label_kind(value)
             if kind == "float":
                 where = tables[split].where(i) if tables else f"{split} row {i + 1}"
-                raise UserError(f"label {value!r} at {where} is a fractional number: labels must be whole numbers, "
-                                "true/false, or names.")
+                raise UserError(f"label {value!r} at {where} is a fractional number: class labels must be whole "
+                                "numbers, true/false, or names; for a number to predict pass --problem regression.")
             kinds.setdefault(kind, (split, i, value))
     if len(kinds) > 1:
         examples = ", ".join(f"{value!r} ({kind})" for kind, (_, _, value) in kinds.items())
@@ -495,9 +625,15 @@ def stratified_indices(labels, size: int, seed: int, every_label: bool = False) 
     return rng.permutation(np.concatenate(chosen))
 
 
+def _strata(ds: Dataset):
+    """What subsets keep the balance of: the class of each row; multi-label and regression rows are one stratum
+    (a plain seeded random draw)."""
+    return ds["label"] if isinstance(ds.features["label"], ClassLabel) else np.zeros(len(ds), dtype=int)
+
+
 def _split_off(ds: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset]:
     """(rest, part): `size` rows taken out of `ds`, stratified by label."""
-    part = stratified_indices(ds["label"], size, seed)
+    part = stratified_indices(_strata(ds), size, seed)
     rest = np.setdiff1d(np.arange(len(ds)), part)
     return ds.select(rest), ds.select(np.sort(part))
 
@@ -513,9 +649,10 @@ def carve_missing_splits(data: DatasetDict, seed: int) -> DatasetDict:
         if len(train) - size < 2:
             raise UserError(f"only {total} rows: too few to carve out a {split} split; add rows or a {split} file.")
         train, out[split] = _split_off(train, size, seed)
+    how = "stratified, " if isinstance(train.features["label"], ClassLabel) else ""
     if missing:
         print(f"No {' or '.join(missing)} split given: carved {', '.join(f'{s} {len(out[s]):,}' for s in missing)} "
-              f"rows out of {total:,} training rows (stratified, seed {seed}); train keeps {len(train):,}.")
+              f"rows out of {total:,} training rows ({how}seed {seed}); train keeps {len(train):,}.")
     out["train"] = train
     return DatasetDict({split: out[split] for split in SPLITS})
 
@@ -530,6 +667,7 @@ def load_data(
     dataset_config: str | None = None,
     text_pair_column: str | None = None,
     splits: dict[str, str] | None = None,
+    problem: str = "auto",
 ) -> DatasetDict:
     """The dataset a run asks for: a dataset by name (`dataset`: Hub id or local folder), local files
     (`data_dir`: rt-polarity files or CSV/TSV/JSON/JSONL/Parquet), or by default the Hub's Rotten Tomatoes."""
@@ -538,11 +676,12 @@ def load_data(
     if data_dir is not None and not Path(data_dir).exists():
         raise UserError(f"data_dir {str(data_dir)!r} does not exist.")
     if dataset is not None:
-        data = load_named_dataset(dataset, dataset_config, text_column, label_column, text_pair_column, splits, seed)
+        data = load_named_dataset(dataset, dataset_config, text_column, label_column, text_pair_column, splits, seed,
+                                  problem)
     elif data_dir is None or is_rotten_tomatoes_dir(data_dir):
         data = load_rotten_tomatoes(data_dir)
     else:
-        data = load_text_classification(data_dir, text_column, label_column, seed, text_pair_column)
+        data = load_text_classification(data_dir, text_column, label_column, seed, text_pair_column, problem, splits)
     check_dataset(data)
     return data
 
@@ -557,7 +696,8 @@ def load_run_data(cfg, loaded: DatasetDict | None = None) -> DatasetDict:
     else:
         data = load_data(cfg.data_dir, cfg.text_column, cfg.label_column, cfg.seed, dataset=cfg.dataset,
                          dataset_config=cfg.dataset_config, text_pair_column=cfg.text_pair_column,
-                         splits={"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split})
+                         splits={"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split},
+                         problem=cfg.problem)
     return subsample(data, cfg.train_size, cfg.eval_size, cfg.seed)
 
 
@@ -572,8 +712,9 @@ def check_dataset(data: DatasetDict) -> None:
                 raise UserError(f"{split} split has no {column!r} column (columns: {', '.join(ds.column_names)}).")
         if len(ds) == 0:
             raise UserError(f"{split} split is empty: it needs at least one example.")
-        if not isinstance(ds.features["label"], ClassLabel):
-            raise UserError(f"{split} split's label column is not a ClassLabel; load it with load_data().")
+        if problem_of(ds) is None:
+            raise UserError(f"{split} split's label column is not a ClassLabel, a list of ClassLabel ids or a float; "
+                            "load it with load_data().")
         bad = [i for i, text in enumerate(ds["text"]) if not isinstance(text, str) or not text.strip()]
         if bad:
             raise UserError(
@@ -581,8 +722,24 @@ def check_dataset(data: DatasetDict) -> None:
             )
 
 
+def problem_of(ds: Dataset) -> str | None:
+    """single-label, multi-label or regression, from the label column's feature (None: none of them)."""
+    feature = ds.features["label"]
+    if isinstance(feature, ClassLabel):
+        return "single-label"
+    if isinstance(feature, Sequence) and isinstance(feature.feature, ClassLabel):
+        return "multi-label"
+    if isinstance(feature, Value) and feature.dtype.startswith("float"):
+        return "regression"
+    return None
+
+
 def label_names(data: DatasetDict) -> list[str]:
-    return list(data["train"].features["label"].names)
+    """The class names (single- and multi-label), or ["score"] for regression (one output)."""
+    feature = data["train"].features["label"]
+    if isinstance(feature, Sequence):
+        feature = feature.feature
+    return list(feature.names) if isinstance(feature, ClassLabel) else ["score"]
 
 
 def stratified_subset(ds: Dataset, size: int | None, seed: int, what: str = "split") -> Dataset:
@@ -591,10 +748,10 @@ def stratified_subset(ds: Dataset, size: int | None, seed: int, what: str = "spl
         return ds
     if size > len(ds):
         raise UserError(f"{what} asks for {size} examples but the split has {len(ds)}: use at most {len(ds)}, or None.")
-    n_labels = len(set(ds["label"]))
+    n_labels = len(set(_strata(ds)))
     if size < n_labels:
         raise UserError(f"{what}={size} is smaller than the number of labels ({n_labels}): use at least {n_labels}.")
-    return ds.select(stratified_indices(ds["label"], size, seed, every_label=True))
+    return ds.select(stratified_indices(_strata(ds), size, seed, every_label=True))
 
 
 def subsample(data: DatasetDict, train_size: int | None, eval_size: int | None, seed: int) -> DatasetDict:
@@ -638,10 +795,19 @@ def tokenize(data: DatasetDict, tokenizer, max_length: int, truncation: str = "h
         finally:
             tokenizer.truncation_side = side
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
+        if multi_hot is not None:  # BCE wants one 0/1 float per label
+            enc["label"] = [[float(i in set(ids)) for i in range(multi_hot)] for ids in batch["label"]]
         return enc
 
+    first = next(iter(data.values()))
+    multi_hot = len(first.features["label"].feature.names) if problem_of(first) == "multi-label" else None
     drop = ["text", "text_pair"] if pairs else ["text"]
-    return data.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
+    features = None
+    if multi_hot is not None:
+        features = first.features.copy()
+        features["label"] = Sequence(Value("float32"), length=multi_hot)
+    out = data.map(encode, batched=True, remove_columns=drop, desc="Tokenizing")
+    return out if features is None else out.cast_column("label", features["label"])
 
 
 def _special_tokens(tokenizer) -> int:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import UserError
+from .offline import hub_available
 
 DEMO_OUTPUT_DIR = "saved_adapters/demo"
 # The offline demo (MiniLM on two CPU cores) trains 2 epochs instead of `run`'s tuned 3, with the model's and the
@@ -15,21 +15,6 @@ DEMO_OUTPUT_DIR = "saved_adapters/demo"
 # pipeline"). It watches no validation split while training: nothing in the demo reads it (the last adapter is
 # kept, the test split is what it reports).
 OFFLINE_DEMO_SETTINGS = {"epochs": 2.0, "model_dropout": 0.0, "dropout": 0.0, "validation": False}
-
-
-def hub_available(timeout: float = 5.0) -> bool:
-    """True when the Hugging Face Hub answers (respects HF_HUB_OFFLINE)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    from huggingface_hub import HfApi
-
-    from .compat import network_errors
-
-    try:
-        HfApi().model_info("openai-community/gpt2", timeout=timeout)
-        return True
-    except network_errors():  # only "cannot reach the Hub" means offline; any other error is a bug to see
-        return False
 
 
 def demo_config(local_data: str | None, online: bool | None = None, model: str | None = None) -> RunConfig:

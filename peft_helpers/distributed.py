@@ -88,7 +88,7 @@ def data_fingerprint(settings: dict, encoded) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for split in sorted(encoded):
         digest.update(split.encode())
-        digest.update(repr(encoded[split]["label"]).encode())
+        digest.update(repr(list(encoded[split]["label"])).encode())  # a list: datasets 4+ abbreviates a Column
         for ids in encoded[split]["input_ids"]:
             digest.update(repr(ids).encode())
     return digest.hexdigest()

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from .errors import UserError, batch_size_advice
-from .metrics import classification_metrics
+from .metrics import DEFAULT_THRESHOLD, score
 
 # A reloaded adapter must reproduce the in-memory model's logits within this (fp32 on CPU gives about 1e-7;
 # GPU kernels may pick other algorithms for another batch shape). The command line and the notebook both use it.
@@ -79,15 +79,18 @@ def predict_logits(model, tokenizer, dataset: Dataset, batch_size: int = 32, des
 
 
 def evaluate(model, tokenizer, dataset: Dataset, batch_size: int = 32, desc: str = "Evaluating",
-             batch_size_flag: str = "--eval-batch-size") -> EvalResult:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix of `model` on a tokenized split (a run's
-    evaluations: on running out of memory, the advice names `--eval-batch-size`)."""
+             batch_size_flag: str = "--eval-batch-size", threshold: float = DEFAULT_THRESHOLD) -> EvalResult:
+    """The metrics of `model` on a tokenized split (a run's evaluations: on running out of memory, the advice
+    names `--eval-batch-size`): accuracy, macro precision/recall/F1 and the confusion matrix; multi-label: the
+    Jaccard index, micro/macro-F1, exact match and per-label scores at `threshold`; regression: Pearson, Spearman,
+    MSE and MAE."""
     start = time.perf_counter()
     logits = predict_logits(model, tokenizer, dataset, batch_size, desc, batch_size_flag)
     seconds = time.perf_counter() - start
     labels = np.array(dataset["label"])
-    predictions = logits.argmax(-1)
-    metrics = classification_metrics(labels, predictions, num_labels=logits.shape[-1])
+    config = model.config
+    names = [config.id2label[i] for i in range(logits.shape[-1])]
+    metrics, predictions = score(logits, labels, names, threshold)
     return EvalResult(metrics, logits, predictions, labels, seconds)
 
 

@@ -13,17 +13,20 @@ from datasets import Dataset
 from .errors import UserError
 from .evaluation import predict_logits
 from .methods import max_positions
+from .metrics import DEFAULT_THRESHOLD, sigmoid
 
 
 @dataclass
 class Predictions:
     texts: list[str]
-    labels: list[str]  # the predicted label name per text
-    probabilities: np.ndarray  # (n, num_labels), rows sum to 1
+    labels: list  # per text: the predicted label name; multi-label: the list of labels; regression: the number
+    probabilities: np.ndarray  # (n, num_labels): softmax (rows sum to 1), or one sigmoid per label; regression (n, 1)
     label_names: list[str]
 
     def records(self) -> list[dict]:
         """One dict per text, e.g. for pandas.DataFrame(...)."""
+        if self.label_names == ["score"] and self.probabilities.shape[-1] == 1:  # regression: the number only
+            return [{"text": text, "score": float(value)} for text, value in zip(self.texts, self.labels)]
         return [
             {"text": text, "label": label, **{f"p({n})": float(p) for n, p in zip(self.label_names, probs)}}
             for text, label, probs in zip(self.texts, self.labels, self.probabilities)
@@ -45,8 +48,16 @@ def predict(model, tokenizer, texts: list[str] | str, batch_size: int = 32, max_
     max_length = min(max_length, limit) if limit else max_length
     encoded = Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=max_length)))
     logits = predict_logits(model, tokenizer, encoded, batch_size, desc="Predicting")
-    probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     names = [config.id2label[i] for i in range(logits.shape[-1])]
+    if config.problem_type == "regression":
+        return Predictions(texts, [float(v) for v in logits[:, 0]], logits, names)
+    if config.problem_type == "multi_label_classification":
+        # the threshold tuned on validation and saved with the adapter (persistence.load_adapter puts it here)
+        threshold = getattr(config, "decision_threshold", DEFAULT_THRESHOLD)
+        probabilities = sigmoid(logits)
+        labels = [[names[j] for j in np.flatnonzero(row >= threshold)] for row in probabilities]
+        return Predictions(texts, labels, probabilities, names)
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     return Predictions(texts, [names[i] for i in probabilities.argmax(-1)], probabilities, names)
 
 
@@ -138,7 +149,8 @@ def predict_file(model, tokenizer, input_path: str | Path, output_path: str | Pa
         with tqdm(total=total, desc="Predicting", unit="row") as bar:
             for chunk in _chunks(source, chunk_size):
                 result = predict(model, tokenizer, list(chunk[text_column]), batch_size=batch_size)
-                chunk = chunk.assign(predicted_label=result.labels,
+                labels = [", ".join(x) if isinstance(x, list) else x for x in result.labels]
+                chunk = chunk.assign(predicted_label=labels,
                                      **{f"p({n})": result.probabilities[:, i] for i, n in enumerate(result.label_names)})
                 writer = _append(chunk, Path(tmp), target.suffix.lower(), writer, first=done == 0)
                 done += len(chunk)

@@ -20,9 +20,10 @@ from transformers import (
 
 from .compat import dtype_kwarg
 from .config import RunConfig
+from .data import PROBLEMS
 from .errors import UserError
 from .methods import HEAD_NAMES, check_fits, max_positions, padding_side, peft_config, reads_last_token
-from .offline import OFFLINE_MODELS, offline_model_name, offline_model_path
+from .offline import OFFLINE_MODELS, hub_cache_kwargs, offline_model_name, offline_model_path
 
 
 def resolve_model(model: str) -> str:
@@ -90,10 +91,13 @@ def check_compatible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def from_pretrained_kwargs(method: str = "lora", model_dropout: float | None = None, source: str | None = None) -> dict:
     """What from_pretrained needs besides the labels: float32 weights, as trained (transformers 5 loads a checkpoint
-    in its stored dtype, often bf16); for QLoRA the 4-bit base. With `model_dropout`, every dropout probability of
+    in its stored dtype, often bf16); for QLoRA the 4-bit base; for a packaged model named by its Hub id where the
+    Hub is unreachable, the packaged copy (offline.hub_cache_kwargs). With `model_dropout`, every dropout probability of
     the model's config (`source`'s: BERT's hidden and attention dropout, GPT-2's *_pdrop, Llama's attention_dropout)
     is set to it through from_pretrained's config overrides, so transformers builds the model with that dropout."""
     kwargs = quantization_kwargs() if method == "qlora" else dtype_kwarg(torch.float32)
+    if source is not None:
+        kwargs.update(hub_cache_kwargs(source))  # a packaged model by its Hub id, offline
     if model_dropout is not None:
         config = AutoConfig.from_pretrained(source).to_dict()
         kwargs.update({k: model_dropout for k, v in config.items()
@@ -117,17 +121,19 @@ def ready_for_classification(model: PreTrainedModel, tokenizer: PreTrainedTokeni
 
 
 def load_model(model: str, label_names: list[str], seed: int = 42, max_length: int | None = None,
-               device: str | None = None, method: str = "lora",
-               model_dropout: float | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A pretrained model with a freshly initialised (seeded) classification head for `label_names`, and its
-    tokenizer, ready_for_classification: the notebook's loading cell in one call. Never runs remote code."""
+               device: str | None = None, method: str = "lora", model_dropout: float | None = None,
+               problem: str = "single-label") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pretrained model with a freshly initialised (seeded) head for `label_names` (one output per label; one
+    for regression, label_names ["score"]), and its tokenizer, ready_for_classification: the notebook's loading
+    cell in one call. `problem` (data.PROBLEMS) sets config.problem_type, which picks the model's own loss:
+    cross-entropy, BCE with one sigmoid per label, or MSE. Never runs remote code."""
     load_config(model)  # clear errors before any weights are read
     tokenizer = load_tokenizer(model)
     set_seed(seed)  # the new head's initial weights
     id2label = dict(enumerate(label_names))
     net = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(model), num_labels=len(label_names), id2label=id2label,
-        label2id={name: i for i, name in id2label.items()},
+        label2id={name: i for i, name in id2label.items()}, problem_type=PROBLEMS[problem],
         **from_pretrained_kwargs(method, model_dropout, resolve_model(model)))
     return ready_for_classification(net, tokenizer, method, max_length, device), tokenizer
 

@@ -138,6 +138,8 @@ def saving(output_dir: str | Path, model: PeftModel, metadata: dict, overwrite: 
         raise UserError(f"a PiSSA adapter needs its untrained adapter to be converted, but {initial_adapter} does "
                         "not exist: train with training_callbacks(cfg), which saves it.")
     full = {**metadata, "versions": versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    # adapter_config.json names the base as recorded (a packaged model's Hub id, not the folder it loaded from)
+    model.peft_config[model.active_adapter].base_model_name_or_path = metadata["base_model"]
     with staged_folder(output_dir, overwrite) as tmp:
         yield tmp
         if not (tmp / ADAPTER_WEIGHTS).is_file():
@@ -186,7 +188,7 @@ def model_card(metadata: dict, merged: bool) -> str:
     data = cfg.get("dataset") or cfg.get("data_dir") or "rotten_tomatoes (Hugging Face Hub)"
     rows = "\n".join(
         f"| {k} | {metrics['baseline'][k]:.4f} | {metrics['finetuned'][k]:.4f} |"
-        for k in ("accuracy", "precision", "recall", "f1") if k in metrics.get("baseline", {})
+        for k, v in metrics.get("finetuned", {}).items() if isinstance(v, float) and k in metrics.get("baseline", {})
     )
     labels = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
     method = cfg.get("method", "lora")
@@ -194,8 +196,11 @@ def model_card(metadata: dict, merged: bool) -> str:
     targets = "" if cfg.get("num_virtual_tokens") else (
         f", target modules {cfg.get('target_modules') or 'the architecture default'}")
     if merged:
-        load = ('from transformers import pipeline\n\nclassify = pipeline("text-classification", model="THIS_FOLDER")\n'
-                'classify("A gripping, beautifully acted film.")')
+        top_k = {"multi-label": (', top_k=None)  # one sigmoid per label; a label is predicted at >= '
+                                 f'{metadata.get("threshold", 0.5)} (config.decision_threshold)'),
+                 "regression": ")  # the score: the model's one output"}.get(metadata.get("problem"), ")")
+        load = ('from transformers import pipeline\n\nclassify = pipeline("text-classification", model="THIS_FOLDER"'
+                f'{top_k}\nclassify("A gripping, beautifully acted film.")')
         what = (f"the {method} weights merged into the base model, classification head included: a plain "
                 "transformers model, no peft needed")
     else:
@@ -315,7 +320,8 @@ def load_adapter(
     transformers.logging.set_verbosity_error()  # the "head newly initialised" report: the adapter replaces it
     try:
         model, _ = load_model(base_name, saved_labels, seed=0, device=device,
-                              method=metadata.get("config", {}).get("method", "lora"))
+                              method=metadata.get("config", {}).get("method", "lora"),
+                              problem=metadata.get("problem", "single-label"))
     finally:
         transformers.logging.set_verbosity(verbosity)
     if type(model).__name__ != metadata["architecture"]:
@@ -336,6 +342,8 @@ def load_adapter(
             f"(it was trained on {metadata['base_model']})."
         ) from None
     check_adapter_keys(peft_model, adapter_dir)
+    if "threshold" in metadata:  # multi-label: inference.predict decides with the threshold tuned on validation
+        peft_model.config.decision_threshold = metadata["threshold"]
     peft_model.eval()
     return peft_model, tokenizer, metadata
 

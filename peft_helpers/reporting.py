@@ -8,26 +8,36 @@ import numpy as np
 import pandas as pd
 from datasets import DatasetDict
 
-from .data import label_names
-from .metrics import METRIC_NAMES
+from .data import label_names, problem_of
+from .metrics import METRIC_NAMES, PROBLEM_METRICS
 
 
 def label_balance(data: DatasetDict) -> pd.DataFrame:
-    """Examples per label and split: a skewed split makes accuracy misleading."""
-    names = label_names(data)
+    """Examples per label and split (multi-label: texts carrying each label, and texts with none): a skewed split
+    makes accuracy misleading. Regression: the target's mean, spread and range per split."""
+    names, problem = label_names(data), problem_of(data["train"])
+    if problem == "regression":
+        return pd.DataFrame({split: pd.Series(ds["label"]).describe()[["mean", "std", "min", "max"]]
+                             for split, ds in data.items()}).rename_axis("target")
+    if problem == "multi-label":
+        counts = {split: [*np.bincount([i for row in ds["label"] for i in row], minlength=len(names)).tolist(),
+                          sum(not row for row in ds["label"])] for split, ds in data.items()}
+        return pd.DataFrame(counts, index=[*names, "(none)"]).rename_axis("label")
     counts = {split: np.bincount(ds["label"], minlength=len(names)).tolist() for split, ds in data.items()}
     return pd.DataFrame(counts, index=names).rename_axis("label")
 
 
 def comparison_table(baseline: dict, finetuned: dict) -> pd.DataFrame:
     """One row per metric: pretrained, fine-tuned and the change in points."""
+    names = next((names for names in PROBLEM_METRICS.values() if names[0] in finetuned), METRIC_NAMES)
     rows = {
         name: {
             "pretrained": baseline[name],
             "fine-tuned": finetuned[name],
-            "change (points)": 100 * (finetuned[name] - baseline[name]),
+            # errors (MSE, MAE) are not fractions: their change is given as it is
+            "change (points)": (1 if name in ("mse", "mae") else 100) * (finetuned[name] - baseline[name]),
         }
-        for name in METRIC_NAMES
+        for name in names
     }
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -83,6 +93,19 @@ def plot_confusion_matrices(matrices: dict[str, list[list[int]]], label_names: l
     for ax, (title, matrix) in zip(axes[0], matrices.items()):
         ConfusionMatrixDisplay(np.asarray(matrix), display_labels=label_names).plot(ax=ax, colorbar=False, cmap="Blues")
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_regression(targets, predictions, title: str = "fine-tuned"):
+    """Predicted against true values on the test split, with the diagonal a perfect model would follow."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.scatter(targets, predictions, s=6, alpha=0.4)
+    low, high = float(min(np.min(targets), np.min(predictions))), float(max(np.max(targets), np.max(predictions)))
+    ax.plot([low, high], [low, high], color="#9e9e9e", linewidth=1)
+    ax.set(xlabel="true", ylabel="predicted", title=f"Test split: {title}")
     fig.tight_layout()
     return fig
 

@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -146,10 +147,11 @@ def setup_arguments(cfg: RunConfig, train_examples: int) -> dict:
     }
 
 
-def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments:
-    """The TrainingArguments of a run (the notebook writes the same call out)."""
+def training_arguments(cfg: RunConfig, train_examples: int, **overrides) -> TrainingArguments:
+    """The TrainingArguments of a run (the notebook writes the same call out); `overrides` replace any of them
+    (tune's trials: validation each epoch, no checkpoints)."""
     cfg.require_resolved()
-    return TrainingArguments(
+    return TrainingArguments(**{**dict(
         output_dir=cfg.checkpoint_dir,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
@@ -166,13 +168,44 @@ def training_arguments(cfg: RunConfig, train_examples: int) -> TrainingArguments
         seed=cfg.seed,
         data_seed=cfg.seed,
         **setup_arguments(cfg, train_examples),
-    )
+    ), **overrides})
 
 
 def log_backends(cfg: RunConfig) -> list[str] | str:
     """The Trainer's report_to without TensorBoard, which training_callbacks adds with its own writer."""
     backends = [b for b in cfg.report_to.split(",") if b not in ("none", "tensorboard")]
     return backends or "none"
+
+
+# Below this a PEFT method barely moves in a few epochs: 2e-5, a full fine-tuning rate, is the common mistake. The
+# tuned LoRA rates are 2e-4 (Llama-style) to 1e-3 (BERT-style); the other methods take 3x to 30x more.
+PEFT_LR_FLOOR = 5e-5
+
+
+def check_peft_training(model, learning_rate: float) -> None:
+    """Two mistakes students make with peft (found in public submissions of this project's rubric): a PEFT model
+    whose adapter has nothing trainable (e.g. LoraConfig(inference_mode=True): only the classification head, or
+    nothing, would train) is refused; a learning rate far below what PEFT needs gets one warning line."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):  # full fine-tuning and the baselines train plain models
+        return
+    adapter = [n for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" not in n]
+    if not adapter:
+        raise UserError("the PEFT model has no trainable adapter weights (only the classification head, or nothing, "
+                        "would train): create its config with inference_mode=False (the default), or load a saved "
+                        "adapter with is_trainable=True.")
+    if learning_rate < PEFT_LR_FLOOR:
+        print(f"warning: learning_rate={learning_rate:g} is a full fine-tuning rate; PEFT trains few weights and "
+              f"needs at least {PEFT_LR_FLOOR:g} (tuned LoRA: 5e-4 for GPT-2, 1e-3 for BERT-style models).",
+              file=sys.stderr)
+
+
+class PeftTrainingGuards(TrainerCallback):
+    """check_peft_training when the Trainer is made, before any step (in `run` and the notebook alike)."""
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        check_peft_training(model, args.learning_rate)
 
 
 class SaveInitialAdapter(TrainerCallback):
@@ -194,10 +227,11 @@ def initial_adapter_dir(cfg: RunConfig) -> Path:
 
 
 def training_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
-    """The callbacks a run's settings need: TensorBoard logs beside the adapter (config.log_dir: given its own
-    writer, the callback logs to the same place in transformers 4 and 5, outside the checkpoints that are deleted
-    after saving), AdaLoRA's rank budget, PiSSA's untrained adapter, early stopping."""
-    callbacks: list[TrainerCallback] = []
+    """The callbacks a run's settings need: the two guards of check_peft_training, TensorBoard logs beside the
+    adapter (config.log_dir: given its own writer, the callback logs to the same place in transformers 4 and 5,
+    outside the checkpoints that are deleted after saving), AdaLoRA's rank budget, PiSSA's untrained adapter, early
+    stopping."""
+    callbacks: list[TrainerCallback] = [PeftTrainingGuards()]
     if "tensorboard" in cfg.report_to.split(","):
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
@@ -212,19 +246,23 @@ def training_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
     return callbacks
 
 
-def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig) -> Trainer:
-    num_labels = data["train"].features["label"].num_classes
-    weights = balanced_class_weights(data["train"]["label"], num_labels) if cfg.class_weights == "balanced" else None
+def build_trainer(model, tokenizer, data: DatasetDict, cfg: RunConfig, callbacks: list[TrainerCallback] = (),
+                  **overrides) -> Trainer:
+    """The stock Trainer of a run; `callbacks` are added to training_callbacks(cfg), `overrides` go to
+    training_arguments."""
+    weights = None
+    if cfg.class_weights == "balanced":
+        weights = balanced_class_weights(data["train"]["label"], data["train"].features["label"].num_classes)
     return Trainer(
         model=model,
-        args=training_arguments(cfg, len(data["train"])),
+        args=training_arguments(cfg, len(data["train"]), **overrides),
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
         compute_loss_func=None if weights is None else weighted_loss(weights),
-        callbacks=training_callbacks(cfg),
+        callbacks=[*training_callbacks(cfg), *callbacks],
     )
 
 

@@ -116,7 +116,7 @@ def test_usage_and_unknown_command(capsys):
     assert main([]) == 2 and "usage" in capsys.readouterr().err
     assert main(["--help"]) == 0 and "commands" in capsys.readouterr().out
     assert main(["trian", "--model", "gpt2"]) == 2
-    expected = "error: unknown command 'trian': use one of run, demo, predict, data, export, compare (--help lists them)."
+    expected = "error: unknown command 'trian': use one of run, demo, predict, data, export, compare, tune (--help lists them)."
     assert capsys.readouterr().err.strip() == expected
 
 

@@ -170,7 +170,7 @@ def _cli_error(capsys, argv) -> str:
     pytest.param(["--method", "qlora"], "qlora needs", id="qlora-without-cuda-or-bitsandbytes",
                  marks=pytest.mark.skipif(QLORA_PROBLEM is None, reason="this machine has CUDA and bitsandbytes")),
     pytest.param(["--early_stopping_patience", "2"], "needs a metric to watch", id="patience-without-metric"),
-    pytest.param(["--metric_for_best", "loss"], "use accuracy or f1", id="unknown-best-metric"),
+    pytest.param(["--metric_for_best", "loss"], "use accuracy, exact_match, f1", id="unknown-best-metric"),
     pytest.param(["--metric-for-best", "accuracy", "--no-validation"], "drop --no-validation", id="best-without-validation"),
 ])
 def test_method_refusals(extra, expected, tiny_gpt2, rt_dir, in_tmp, capsys):

@@ -58,7 +58,8 @@ def notebook_run(tiny_gpt2, rt_dir, tmp_path_factory):
     out_nb, adapter = tmp_path / "executed.ipynb", tmp_path / "adapter"
     papermill.execute_notebook(
         str(NOTEBOOK), str(out_nb), cwd=str(tmp_path), kernel_name="python3", progress_bar=False,
-        parameters={"model": str(tiny_gpt2), "data_dir": str(rt_dir), "output_dir": str(adapter), **SETTINGS},
+        parameters={"model": str(tiny_gpt2), "data_dir": str(rt_dir), "output_dir": str(adapter), **SETTINGS,
+                    "search_trials": 2},  # the optional search of section 12, two trials
     )
     return nbformat.read(out_nb, as_version=4), adapter
 
@@ -76,6 +77,7 @@ def test_notebook_executes_offline_with_tiny_gpt2(notebook_run):
     assert "largest logit difference, reloaded vs in memory" in text
     assert "Accuracy on 32 test reviews" in text
     assert "trainable params:" in text  # print_trainable_parameters()
+    assert "test accuracy: best trial" in text and (adapter.parent / "adapter-search" / "best").is_dir()
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "peft_helpers.json").is_file()
 
 

@@ -167,3 +167,56 @@ def test_only_safetensors_adapters_with_metadata_are_loaded(trained, tmp_path):
         load_adapter(folder)
     with pytest.raises(UserError, match="does not exist"):
         load_adapter(tmp_path / "missing")
+
+
+@pytest.mark.e2e
+def test_packaged_model_adapter_records_its_hub_id_and_loads_elsewhere(tmp_path):
+    """An adapter on the packaged MiniLM names the public Hub id (not a path in this venv) in adapter_config.json,
+    the model card and peft_helpers.json; in a fresh process, from another folder, with an empty Hugging Face
+    cache and no Hub, both stock AutoPeftModel and load_adapter find the packaged copy by that id."""
+    from peft_helpers.offline import HUB_IDS, offline_model_path
+
+    cfg = RunConfig(model="minilm", output_dir=str(tmp_path / "adapter")).resolved("bert")
+    model, tokenizer = load_model("minilm", ["neg", "pos"], cfg.seed, device="cpu")
+    peft_model = create_peft_model(model, cfg)
+    with torch.no_grad():  # an adapter that changes the logits (LoRA's B starts at zero)
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    from peft_helpers.workflow import portable_model_name
+
+    folder = save_adapter(peft_model, tokenizer, cfg.output_dir,
+                          base_model_metadata(peft_model, portable_model_name("minilm"), ["neg", "pos"]))
+    hub_id, packaged = HUB_IDS["minilm"], str(offline_model_path("minilm"))
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    assert json.loads((folder / METADATA_FILE).read_text())["base_model"] == hub_id
+    assert f"base_model: {hub_id}" in (folder / "README.md").read_text()
+    assert not any(packaged in p.read_text() or "site-packages" in p.read_text() for p in folder.glob("*.json"))
+    texts = ["a gripping film", "dull and slow"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    expected = peft_model.eval()(**batch).logits.detach().numpy()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = elsewhere / "adapter"
+    folder.rename(moved)
+    code = f"""
+import json, numpy as np, sys
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer
+from peft_helpers.modeling import from_pretrained_kwargs
+from peft_helpers.persistence import load_adapter
+texts = {texts!r}
+stock = AutoPeftModelForSequenceClassification.from_pretrained("adapter", num_labels=2,
+    **from_pretrained_kwargs("lora", source={hub_id!r})).eval()
+tokenizer = AutoTokenizer.from_pretrained("adapter")
+ours, _, _ = load_adapter("adapter")
+out = [m(**tokenizer(texts, padding=True, return_tensors="pt")).logits.detach().numpy().tolist() for m in (stock, ours)]
+print(json.dumps(out))
+"""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stock, ours = (np.array(x) for x in json.loads(proc.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(stock, expected, atol=1e-5)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)

@@ -251,3 +251,47 @@ def test_half_precision_is_refused_where_this_machine_has_no_units_for_it(settin
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     with pytest.raises(UserError, match=f"^{setting}={value} {expected}"):
         RunConfig(model="x", **{setting: value})
+
+
+def _trainer_for(model, tokenizer, data, tmp_path, learning_rate):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from peft_helpers.config import RunConfig
+    from peft_helpers.training import training_callbacks
+
+    cfg = RunConfig(model="gpt2", output_dir=str(tmp_path / "a"))
+    args = TrainingArguments(output_dir=str(tmp_path / "c"), learning_rate=learning_rate, use_cpu=True,
+                             report_to="none", max_steps=1)
+    return Trainer(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer,
+                   data_collator=DataCollatorWithPadding(tokenizer), callbacks=training_callbacks(cfg))
+
+
+def _lora(tiny_gpt2, **config):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model, tokenizer = load_model(str(tiny_gpt2), ["neg", "pos"], seed=0, device="cpu")
+    return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, target_modules=["c_attn"], fan_in_fan_out=True,
+                                            modules_to_save=["score"], **config)), tokenizer
+
+
+def test_a_peft_model_with_nothing_but_the_head_trainable_is_refused(tiny_gpt2, setup, tmp_path):
+    """LoraConfig(inference_mode=True), as found in public submissions: the stock Trainer would train the head alone
+    (or nothing); the guard in training_callbacks refuses when the Trainer is made, saying what to change."""
+    _, _, data = setup
+    model, tokenizer = _lora(tiny_gpt2, inference_mode=True)
+    for name, param in model.named_parameters():  # the head alone trainable, as some peft versions leave it
+        param.requires_grad_("modules_to_save" in name)
+    with pytest.raises(UserError, match=r"no trainable adapter weights.*inference_mode=False"):
+        _trainer_for(model, tokenizer, data, tmp_path, 5e-4)
+
+
+@pytest.mark.parametrize("learning_rate, warned", [(2e-5, True), (5e-4, False)])
+def test_a_full_fine_tuning_learning_rate_for_lora_warns_once(tiny_gpt2, setup, tmp_path, capsys, learning_rate,
+                                                               warned):
+    _, _, data = setup
+    model, tokenizer = _lora(tiny_gpt2)
+    _trainer_for(model, tokenizer, data, tmp_path, learning_rate)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "full fine-tuning rate" in line]
+    assert len(lines) == (1 if warned else 0)
+    if warned:
+        assert lines[0].startswith("warning: learning_rate=2e-05") and "at least 5e-05" in lines[0]
