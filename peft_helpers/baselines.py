@@ -27,6 +27,7 @@ from .workflow import (
     RESULTS_FILE,
     Prepared,
     dataset_name,
+    fold_target_scaling,
     peak_memory_mib,
     prepare,
     tune_decision_threshold,
@@ -49,10 +50,11 @@ def run_baseline(kind: str, cfg: RunConfig) -> dict:
     steps = {"random_head": random_head, "linear_probe": linear_probe, "full": full_finetune, "zero_shot": zero_shot}
     results = {"model": p.cfg.model, "method": kind, "dataset": dataset_name(p.cfg), "eval_split": "test",
                "train_size": len(p.data["train"]), "eval_size": len(p.data["test"]), "label_names": p.label_names,
+               "problem": p.problem,
                "seed": p.cfg.seed, "device": device_summary(p.cfg.precision), **steps[kind](p)}
     results["peak_memory_mib"] = peak_memory_mib()
     write_json(Path(cfg.output_dir) / RESULTS_FILE, results)
-    print(f"{kind}: accuracy {results['finetuned']['accuracy']:.4f}, macro F1 {results['finetuned']['f1']:.4f}")
+    print(f"{kind}: test {p.headline} {results['finetuned'][p.headline]:.4f}")
     return results
 
 
@@ -72,6 +74,7 @@ def _trained(p: Prepared, trainable: list[torch.nn.Parameter], kind: str) -> dic
     trained = train(p.model, p.tokenizer, p.encoded, cfg)
     remove_checkpoints(cfg)
     tune_decision_threshold(p, p.model)  # multi-label: on validation, as a PEFT run does
+    fold_target_scaling(p, p.model)  # regression: back on the targets' scale, as a PEFT run does
     result = p.evaluate_test(p.model, kind)
     count = sum(param.numel() for param in trainable)
     return {"finetuned": result.metrics, "trainable_params": count, "total_params": count_parameters(p.model).total,

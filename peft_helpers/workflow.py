@@ -185,7 +185,8 @@ def fold_target_scaling(p: Prepared, peft_model) -> None:
 
     from .methods import head_name
 
-    head = getattr(peft_model.get_base_model(), head_name(p.model))
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model  # baselines: plain
+    head = getattr(base, head_name(base))
     head = head.modules_to_save[peft_model.active_adapter] if hasattr(head, "modules_to_save") else head
     with torch.no_grad():
         head.weight.mul_(p.target_scaling["std"])

@@ -176,3 +176,16 @@ def test_scaled_targets_on_a_head_without_a_bias_are_divided_by_std_only(tiny_gp
                             output_dir="adapter"))
     assert results["target_scaling"]["mean"] == 0.0 and results["target_scaling"]["std"] > 1
     assert results["reload_max_logit_diff"] <= 1e-5
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["linear_probe", "full"])
+def test_baselines_train_and_score_regression_on_the_targets_scale(tiny_bert, tmp_path, in_tmp, kind):
+    from peft_helpers.baselines import run_baseline
+    from peft_helpers.config import RunConfig
+
+    lines = ["text\tscore"] + [f"{'good ' * (i % 4)}film\t{10 + 2 * (i % 4) + (i % 7) / 10:.2f}" for i in range(80)]
+    path = _write(tmp_path, "reg.tsv", "\n".join(lines) + "\n")
+    results = run_baseline(kind, RunConfig(model=str(tiny_bert), data_dir=str(path), label_column="score",
+                                           epochs=3, learning_rate=1e-2, output_dir="b"))
+    assert results["problem"] == "regression" and results["finetuned"]["mae"] < 2.5  # not off by the mean (~13)
