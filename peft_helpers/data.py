@@ -268,6 +268,10 @@ def load_text_classification(
     elif path.is_dir():
         files = {split: f for split in SPLITS
                  if names_of[split] != "none" and (f := _find_split_file(path, names_of[split])) is not None}
+        named = [name for split, name in names_of.items() if name not in (split, "none") and split not in files]
+        if named:
+            raise UserError(f"{path} holds no {named[0]}.csv/.tsv/.txt/.json/.jsonl/.parquet for the split named "
+                            f"{named[0]!r}: check --train-split/--validation-split/--test-split.")
         if "train" not in files:
             # A folder holding a single data file under another name (AG News ships test.csv alone): use that file.
             # (.txt files count only by a split's name: a folder's readme.txt or classes.txt is not data)

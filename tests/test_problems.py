@@ -189,3 +189,8 @@ def test_baselines_train_and_score_regression_on_the_targets_scale(tiny_bert, tm
     results = run_baseline(kind, RunConfig(model=str(tiny_bert), data_dir=str(path), label_column="score",
                                            epochs=3, learning_rate=1e-2, output_dir="b"))
     assert results["problem"] == "regression" and results["finetuned"]["mae"] < 2.5  # not off by the mean (~13)
+
+
+def test_a_named_split_file_that_is_missing_is_refused():
+    with pytest.raises(UserError, match=r"holds no devel.csv/.tsv/.txt/.json/.jsonl/.parquet for the split named .devel."):
+        load_data(SEMEVAL, text_column="Tweet", label_column=EMOTIONS, splits={"test": "devel"})
