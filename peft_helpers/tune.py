@@ -205,8 +205,6 @@ def check_budget(p, budget: float | None) -> None:
 def objective(p, space: list[str], model_type: str, folder: Path):
     """One trial: a fresh model with the trial's settings, trained on train, scored on validation after each epoch
     (pruned if weak); returns the last validation score (multi-label: at the threshold tuned on validation)."""
-    import optuna
-
     from .evaluation import evaluate
     from .metrics import tune_threshold
     from .modeling import create_peft_model, load_model
@@ -232,9 +230,7 @@ def objective(p, space: list[str], model_type: str, folder: Path):
                 validation = evaluate(peft_model, tokenizer, p.encoded["validation"], cfg.eval_batch_size,
                                       desc=f"Trial {trial.number}", threshold=threshold)
             return validation.metrics[p.headline]
-        except optuna.TrialPruned:
-            raise
-        finally:
+        finally:  # pruned (optuna.TrialPruned from ReportToOptuna) or not: the seconds, and the memory back
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
             del trainer, peft_model, model
             gc.collect()
