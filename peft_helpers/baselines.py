@@ -80,7 +80,7 @@ def _trained(p: Prepared, trainable: list[torch.nn.Parameter], kind: str) -> dic
     return {"finetuned": result.metrics, "trainable_params": count, "total_params": count_parameters(p.model).total,
             "adapter_mib": count * 4 / 2**20,  # what would have to be saved, fp32
             "train_seconds": round(trained.seconds, 2), "train_samples_per_second": round(trained.samples_per_second, 2),
-            "learning_rate": cfg.learning_rate}
+            "learning_rate": cfg.learning_rate, **({"threshold": p.threshold} if p.problem == "multi-label" else {})}
 
 
 def linear_probe(p: Prepared) -> dict:

@@ -89,6 +89,8 @@ class PredictFileOptions:
     input: str = field(metadata={"help": "CSV, TSV, JSON Lines or Parquet file to classify."})
     output: str = field(metadata={"help": "Where the predictions go (same formats): input columns + predicted_label + p(<label>)."})
     text_column: str = field(default="text", metadata={"help": "The column holding the texts."})
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "The column holding each pair's second text (an adapter trained on pairs)."})
     chunk_size: int = field(default=10_000, metadata={"help": "Rows read, predicted and written at a time (bounds memory)."})
     batch_size: int = field(default=64, metadata={"help": "Texts per forward pass."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output file."})
@@ -98,26 +100,50 @@ def _predict(argv: list[str]) -> int:
     from .inference import load_for_prediction, predict, predict_file
 
     usage = ('usage: python -m peft_helpers predict ADAPTER_DIR "text" ["text" ...]\n'
-             "       python -m peft_helpers predict ADAPTER_DIR --input FILE --output FILE [--text-column COLUMN]")
+             '       python -m peft_helpers predict ADAPTER_DIR --pairs "first" "second" ["first" "second" ...]\n'
+             "       python -m peft_helpers predict ADAPTER_DIR --input FILE --output FILE [--text-column COLUMN] "
+             "[--text-pair-column COLUMN]")
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    if argv[1].startswith("--"):
+    if argv[1].startswith("--") and argv[1] != "--pairs":
         (options,) = _parse(HfArgumentParser((PredictFileOptions,), prog="python -m peft_helpers predict ADAPTER_DIR"), argv[1:])
+        _check_pairs(argv[0], options.text_pair_column is not None)
         model, tokenizer = load_for_prediction(argv[0])
         rows = predict_file(model, tokenizer, options.input, options.output, options.text_column, options.chunk_size,
-                            options.batch_size, options.overwrite)
+                            options.batch_size, options.overwrite, options.text_pair_column)
         print(f"{rows:,} rows classified: {options.output}")
         return 0
+    texts, pairs = argv[1:], None
+    if argv[1] == "--pairs":
+        if len(argv) < 4 or len(argv[2:]) % 2:
+            raise UserError("--pairs takes the texts two by two (first, second, first, second, ...): "
+                            f"{len(argv[2:])} given.")
+        texts, pairs = argv[2::2], argv[3::2]
+    _check_pairs(argv[0], pairs is not None)
     model, tokenizer = load_for_prediction(argv[0])
-    for row in predict(model, tokenizer, argv[1:]).records():
+    for row in predict(model, tokenizer, texts, text_pairs=pairs).records():
+        text = row["text"] + (f"  |  {row['text_pair']}" if "text_pair" in row else "")
         if "score" in row:  # regression
-            print(f"{row['score']:>8.3f}  {row['text']}")
+            print(f"{row['score']:>8.3f}  {text}")
             continue
         label = ", ".join(row["label"]) or "(none)" if isinstance(row["label"], list) else row["label"]
         probs = ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith("p("))
-        print(f"{label:>8}  [{probs}]  {row['text']}")
+        print(f"{label:>8}  [{probs}]  {text}")
     return 0
+
+
+def _check_pairs(adapter_dir: str, pairs: bool) -> None:
+    """Texts given as the adapter was trained: pairs to a pair model (STS-B), single texts otherwise."""
+    from .persistence import read_metadata
+
+    trained_on = read_metadata(adapter_dir).get("config", {}).get("text_pair_column")
+    if trained_on and not pairs:
+        raise UserError(f"adapter {adapter_dir} was trained on text pairs (second text: {trained_on!r}): give "
+                        "--pairs FIRST SECOND ..., or --text-pair-column with --input.")
+    if pairs and not trained_on:
+        raise UserError(f"adapter {adapter_dir} was trained on single texts: give them without --pairs or "
+                        "--text-pair-column.")
 
 
 def _data(argv: list[str]) -> int:

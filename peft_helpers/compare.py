@@ -27,8 +27,10 @@ from .workflow import RESULTS_FILE, resolve, write_json
 
 ENTRY_FILE = "compare-entry.json"  # the settings an entry's results were made with
 DEFAULT_METHODS = [m for m in METHODS if m != "qlora"]
+# The score column is named after the problem's headline metric: accuracy, jaccard (multi-label) or pearson.
 COLUMNS = ["method", "seed", "trainable_params", "trainable_%", "adapter_MiB", "train_s", "train_examples_per_s",
            "peak_memory_MiB", "accuracy", "macro_f1"]
+HEADLINES = [metrics[0] for metrics in PROBLEM_METRICS.values()]
 
 
 @dataclass
@@ -157,7 +159,7 @@ def compare(cfg: RunConfig, names: list[str], seeds: list[int], out_dir: str | P
 
 
 def collect(entries: list[Entry], skipped: dict[str, str] | None = None) -> pd.DataFrame:
-    rows = []
+    rows, headline = [], "accuracy"
     for entry in entries:
         path = entry.folder / RESULTS_FILE
         if not path.is_file():
@@ -170,12 +172,11 @@ def collect(entries: list[Entry], skipped: dict[str, str] | None = None) -> pd.D
             "method": entry.name, "seed": entry.seed, "trainable_params": r["trainable_params"],
             "trainable_%": 100 * r["trainable_params"] / r["total_params"], "adapter_MiB": r.get("adapter_mib"),
             "train_s": r.get("train_seconds"), "train_examples_per_s": r.get("train_samples_per_second"),
-            # multi-label and regression runs: their headline metric (Jaccard, Pearson) and macro-F1 where it exists
-            "peak_memory_MiB": peak.get("gpu", peak.get("rss")), "accuracy": r["finetuned"][headline],
-            "macro_f1": r["finetuned"].get("f1", r["finetuned"].get("macro_f1")),
-            "note": "" if headline == "accuracy" else f"accuracy column: {headline}",
+            "peak_memory_MiB": peak.get("gpu", peak.get("rss")), headline: r["finetuned"][headline],
+            "macro_f1": r["finetuned"].get("f1", r["finetuned"].get("macro_f1")),  # regression has none
         })
-    return pd.DataFrame(rows, columns=[*COLUMNS, "note"])
+    columns = [headline if c == "accuracy" else c for c in COLUMNS]
+    return pd.DataFrame(rows, columns=[*columns, "note"])
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -199,25 +200,27 @@ def write_table(table: pd.DataFrame, out: Path) -> None:
 
 
 def plot_comparison(table: pd.DataFrame):
-    """Test accuracy against trainable parameters (log scale); entries without training are horizontal lines."""
+    """The test score (accuracy, Jaccard or Pearson) against trainable parameters (log scale); entries without
+    training are horizontal lines."""
     import matplotlib.pyplot as plt
 
-    done = table.dropna(subset=["accuracy"])
+    score = next(c for c in table.columns if c in HEADLINES)
+    done = table.dropna(subset=[score])
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     trained = done[done["trainable_params"] > 0]
     untrained = done[done["trainable_params"] == 0]
     points = []
     for name, rows in trained.groupby("method", sort=False):
-        ax.scatter(rows["trainable_params"], rows["accuracy"], label=name, s=30)
-        points.append((name, float(rows["trainable_params"].iloc[0]), float(rows["accuracy"].mean())))
-    label_points(ax, points, done["accuracy"])
+        ax.scatter(rows["trainable_params"], rows[score], label=name, s=30)
+        points.append((name, float(rows["trainable_params"].iloc[0]), float(rows[score].mean())))
+    label_points(ax, points, done[score])
     for (name, rows), style in zip(untrained.groupby("method", sort=False), (":", "--", "-.")):
-        ax.axhline(rows["accuracy"].mean(), linestyle=style, color="gray", linewidth=1)
-        ax.annotate(f"{name} (no training)", (0.01, rows["accuracy"].mean()), xycoords=("axes fraction", "data"),
+        ax.axhline(rows[score].mean(), linestyle=style, color="gray", linewidth=1)
+        ax.annotate(f"{name} (no training)", (0.01, rows[score].mean()), xycoords=("axes fraction", "data"),
                     fontsize=7, color="gray", xytext=(0, 2), textcoords="offset points")
     if not trained.empty:
         ax.set_xscale("log")
-    ax.set(xlabel="trainable parameters (log scale)", ylabel="test accuracy", title="Accuracy against trainable parameters")
+    ax.set(xlabel="trainable parameters (log scale)", ylabel=f"test {score}", title=f"{score} against trainable parameters")
     fig.tight_layout()
     return fig
 

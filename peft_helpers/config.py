@@ -331,9 +331,9 @@ FAMILY_DEFAULTS: dict[str, dict] = {
 }
 
 
-# Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 with LoRA trains at 15 to 17
-# examples/s on two CPU cores (benchmarks/gpt2_cpu_speed.py prints the rate and both estimates), so the full
-# 8,530 take about 9 minutes per epoch and 2,000 about 2 minutes.
+# Sizes the notebook uses on a machine without a GPU when left on "auto": GPT-2 with LoRA trained at 15 to 17
+# examples/s on two CPU cores (November 2026; the script is in git history), so the full 8,530 take about 9
+# minutes per epoch and 2,000 about 2 minutes.
 CPU_TRAIN_SIZE = 2000
 CPU_EVAL_SIZE = 500
 

@@ -22,43 +22,55 @@ class Predictions:
     labels: list  # per text: the predicted label name; multi-label: the list of labels; regression: the number
     probabilities: np.ndarray  # (n, num_labels): softmax (rows sum to 1), or one sigmoid per label; regression (n, 1)
     label_names: list[str]
+    text_pairs: list[str] | None = None  # the second texts, for a model trained on text pairs
 
     def records(self) -> list[dict]:
         """One dict per text, e.g. for pandas.DataFrame(...)."""
+        firsts = [{"text": t} for t in self.texts] if self.text_pairs is None else [
+            {"text": t, "text_pair": p} for t, p in zip(self.texts, self.text_pairs)]
         if self.label_names == ["score"] and self.probabilities.shape[-1] == 1:  # regression: the number only
-            return [{"text": text, "score": float(value)} for text, value in zip(self.texts, self.labels)]
+            return [{**first, "score": float(value)} for first, value in zip(firsts, self.labels)]
         return [
-            {"text": text, "label": label, **{f"p({n})": float(p) for n, p in zip(self.label_names, probs)}}
-            for text, label, probs in zip(self.texts, self.labels, self.probabilities)
+            {**first, "label": label, **{f"p({n})": float(p) for n, p in zip(self.label_names, probs)}}
+            for first, label, probs in zip(firsts, self.labels, self.probabilities)
         ]
 
 
-def predict(model, tokenizer, texts: list[str] | str, batch_size: int = 32, max_length: int = 512) -> Predictions:
-    """Classify `texts` with a (PEFT or plain) sequence-classification model."""
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
+def _check_texts(texts, what: str) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
-        raise UserError("predict() got no texts.")
+        raise UserError(f"predict() got no {what}s.")
     empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if empty:
-        raise UserError(f"text {empty[0]} is empty: every text needs at least one non-space character.")
+        raise UserError(f"{what} {empty[0]} is empty: every {what} needs at least one non-space character.")
+    return texts
+
+
+def predict(model, tokenizer, texts: list[str] | str, batch_size: int = 32, max_length: int = 512,
+            text_pairs: list[str] | str | None = None) -> Predictions:
+    """Classify `texts` with a (PEFT or plain) sequence-classification model; `text_pairs` gives the second text
+    of each pair to a model trained on pairs (STS-B's sentence2), encoded together as in training."""
+    texts = _check_texts(texts, "text")
+    if text_pairs is not None:
+        text_pairs = _check_texts(text_pairs, "text pair")
+        if len(text_pairs) != len(texts):
+            raise UserError(f"predict() got {len(texts)} texts but {len(text_pairs)} text pairs: give one each.")
     config = model.config
     limit = max_positions(config)
     max_length = min(max_length, limit) if limit else max_length
-    encoded = Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=max_length)))
+    encoded = Dataset.from_dict(dict(tokenizer(texts, text_pairs, truncation=True, max_length=max_length)))
     logits = predict_logits(model, tokenizer, encoded, batch_size, desc="Predicting")
     names = [config.id2label[i] for i in range(logits.shape[-1])]
     if config.problem_type == "regression":
-        return Predictions(texts, [float(v) for v in logits[:, 0]], logits, names)
+        return Predictions(texts, [float(v) for v in logits[:, 0]], logits, names, text_pairs)
     if config.problem_type == "multi_label_classification":
         # the threshold tuned on validation and saved with the adapter (persistence.load_adapter puts it here)
         threshold = getattr(config, "decision_threshold", DEFAULT_THRESHOLD)
         probabilities = sigmoid(logits)
         labels = [[names[j] for j in np.flatnonzero(row >= threshold)] for row in probabilities]
-        return Predictions(texts, labels, probabilities, names)
+        return Predictions(texts, labels, probabilities, names, text_pairs)
     probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-    return Predictions(texts, [names[i] for i in probabilities.argmax(-1)], probabilities, names)
+    return Predictions(texts, [names[i] for i in probabilities.argmax(-1)], probabilities, names, text_pairs)
 
 
 def load_for_prediction(adapter_dir: str | Path, base_model: str | None = None, device: str | None = None):
@@ -93,16 +105,18 @@ def _chunks(path: Path, chunk_size: int, columns: list[str] | None = None):
             yield batch.to_pandas()
 
 
-def _scan(path: Path, text_column: str, chunk_size: int) -> int:
-    """First pass, reading only the text column: the row count, or one error naming the empty rows."""
+def _scan(path: Path, text_columns: list[str], chunk_size: int) -> int:
+    """First pass, reading only the text column(s): the row count, or one error naming the empty rows."""
     rows, count, first = 0, 0, []
     try:
         columns = [str(c) for c in next(_chunks(path, 1), _EMPTY).columns]
-        if text_column not in columns:
-            raise UserError(f"{path.name} has no column {text_column!r} (columns: {', '.join(columns) or 'none'}): "
-                            "pass --text-column with the text's column.")
-        for chunk in _chunks(path, chunk_size, [text_column]):
-            bad = [rows + i for i, t in enumerate(chunk[text_column]) if not isinstance(t, str) or not t.strip()]
+        for name, flag in zip(text_columns, ("--text-column", "--text-pair-column")):
+            if name not in columns:
+                raise UserError(f"{path.name} has no column {name!r} (columns: {', '.join(columns) or 'none'}): "
+                                f"pass {flag} with the text's column.")
+        for chunk in _chunks(path, chunk_size, text_columns):
+            bad = [rows + i for i, texts in enumerate(zip(*(chunk[c] for c in text_columns)))
+                   if not all(isinstance(t, str) and t.strip() for t in texts)]
             count, first, rows = count + len(bad), (first + bad)[:5], rows + len(chunk)
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 (bad byte at position {err.start}): re-save it as UTF-8.") from None
@@ -113,16 +127,19 @@ def _scan(path: Path, text_column: str, chunk_size: int) -> int:
     if rows == 0:
         raise UserError(f"{path} holds no rows to classify.")
     if count:
-        raise UserError(f"{path.name} has {count} empty text(s) in column {text_column!r} (data rows "
+        where = " or ".join(map(repr, text_columns))
+        raise UserError(f"{path.name} has {count} empty text(s) in column {where} (data rows "
                         f"{', '.join(str(i + 1) for i in first)}{', ...' if count > len(first) else ''}): remove or "
                         "fill them; nothing was predicted.")
     return rows
 
 
 def predict_file(model, tokenizer, input_path: str | Path, output_path: str | Path, text_column: str = "text",
-                 chunk_size: int = 10_000, batch_size: int = 64, overwrite: bool = False) -> int:
+                 chunk_size: int = 10_000, batch_size: int = 64, overwrite: bool = False,
+                 text_pair_column: str | None = None) -> int:
     """Classify every row of a CSV/TSV/JSON Lines/Parquet file and write the input's columns plus
-    `predicted_label` and one `p(<label>)` column per class, in the same format. Reads and writes `chunk_size` rows
+    `predicted_label` and one `p(<label>)` column per class, in the same format (`text_pair_column`: the second
+    text of each pair, for a model trained on pairs). Reads and writes `chunk_size` rows
     at a time (memory does not grow with the file), sorts each chunk's texts by length for batching, and writes
     to a temporary file renamed into place at the end. Returns the number of rows."""
     import os
@@ -140,7 +157,8 @@ def predict_file(model, tokenizer, input_path: str | Path, output_path: str | Pa
         raise UserError(f"input file {source} does not exist.")
     if target.exists() and not overwrite:
         raise UserError(f"{target} exists: pass --overwrite or choose another output file.")
-    total = _scan(source, text_column, chunk_size)
+    text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
+    total = _scan(source, text_columns, chunk_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
@@ -148,7 +166,8 @@ def predict_file(model, tokenizer, input_path: str | Path, output_path: str | Pa
     try:
         with tqdm(total=total, desc="Predicting", unit="row") as bar:
             for chunk in _chunks(source, chunk_size):
-                result = predict(model, tokenizer, list(chunk[text_column]), batch_size=batch_size)
+                pairs = list(chunk[text_pair_column]) if text_pair_column else None
+                result = predict(model, tokenizer, list(chunk[text_column]), batch_size=batch_size, text_pairs=pairs)
                 labels = [", ".join(x) if isinstance(x, list) else x for x in result.labels]
                 chunk = chunk.assign(predicted_label=labels,
                                      **{f"p({n})": result.probabilities[:, i] for i, n in enumerate(result.label_names)})

@@ -165,6 +165,8 @@ def test_predict_command(capsys, tiny_gpt2, rt_dir, tmp_path):
         assert line.split()[0] == row["label"]
         assert f"p(neg)={row['p(neg)']:.3f}, p(pos)={row['p(pos)']:.3f}" in line
     assert main(["predict", str(tmp_path / "nothing"), "text"]) == 2
+    assert main(["predict", str(out), "--pairs", "a fine film", "and a second text"]) == 2  # trained on single texts
+    assert "was trained on single texts" in capsys.readouterr().err
 
 
 def test_demo_command_runs_offline(tiny_gpt2, rt_dir, in_tmp, monkeypatch, capsys):

@@ -166,6 +166,35 @@ def test_regression_run_on_a_text_pair_reports_correlations(tiny_bert, tmp_path,
 
 
 @pytest.mark.e2e
+def test_predict_takes_pairs_for_an_adapter_trained_on_pairs(tiny_bert, tmp_path, in_tmp, capsys):
+    import pandas as pd
+
+    from peft_helpers.config import RunConfig
+    from peft_helpers.inference import load_for_prediction, predict
+    from peft_helpers.workflow import run
+
+    lines = ["a\tb\tscore"] + [f"good film {i}\t{'good ' * (i % 3)}film\t{(i % 3) * 2 + i / 100:.2f}" for i in range(60)]
+    run(RunConfig(model=str(tiny_bert), data_dir=str(_write(tmp_path, "pairs.tsv", "\n".join(lines) + "\n")),
+                  text_column="a", text_pair_column="b", label_column="score", epochs=1, output_dir="adapter"))
+    model, tokenizer = load_for_prediction("adapter")
+    expected = predict(model, tokenizer, ["good film", "a film"], text_pairs=["good good film", "film"]).labels
+    assert expected != predict(model, tokenizer, ["good film", "a film"]).labels  # the pair is read
+
+    assert main(["predict", "adapter", "--pairs", "good film", "good good film", "a film", "film"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert [float(line.split()[0]) for line in printed] == pytest.approx(expected, abs=1e-3)
+    assert printed[0].endswith("good film  |  good good film")
+    pd.DataFrame({"first": ["good film", "a film"], "second": ["good good film", "film"]}).to_csv("in.csv", index=False)
+    assert main(["predict", "adapter", "--input", "in.csv", "--output", "out.csv", "--text_column", "first",
+                 "--text_pair_column", "second"]) == 0
+    assert list(pd.read_csv("out.csv")["predicted_label"]) == pytest.approx(expected, abs=1e-5)
+    for argv, message in [(["good film"], "was trained on text pairs"), (["--pairs", "one"], "two by two")]:
+        assert main(["predict", "adapter", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+
+
+@pytest.mark.e2e
 def test_scaled_targets_on_a_head_without_a_bias_are_divided_by_std_only(tiny_gpt2, tmp_path, in_tmp):
     from peft_helpers.config import RunConfig
     from peft_helpers.workflow import run
@@ -194,3 +223,17 @@ def test_baselines_train_and_score_regression_on_the_targets_scale(tiny_bert, tm
 def test_a_named_split_file_that_is_missing_is_refused():
     with pytest.raises(UserError, match=r"holds no devel.csv/.tsv/.txt/.json/.jsonl/.parquet for the split named .devel."):
         load_data(SEMEVAL, text_column="Tweet", label_column=EMOTIONS, splits={"test": "devel"})
+
+
+@pytest.mark.e2e
+def test_compare_names_its_score_column_after_the_problem(tiny_bert, tmp_path, capsys):
+    import pandas as pd
+
+    lines = ["text\tscore"] + [f"{'good ' * (i % 4)}film\t{10 + 2 * (i % 4) + (i % 7) / 10:.2f}" for i in range(80)]
+    path = _write(tmp_path, "reg.tsv", "\n".join(lines) + "\n")
+    out = tmp_path / "compare"
+    assert main(["compare", "--model", str(tiny_bert), "--data_dir", str(path), "--label_column", "score",
+                 "--epochs", "1", "--methods", "lora", "--baselines", "linear_probe", "--compare_dir", str(out)]) == 0
+    table = pd.read_csv(out / "comparison.csv")
+    assert "accuracy" not in table and table["pearson"].between(-1, 1).all() and table["macro_f1"].isna().all()
+    assert "| pearson |" in (out / "comparison.md").read_text() and (out / "comparison.png").is_file()
