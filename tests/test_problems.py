@@ -179,7 +179,7 @@ def test_predict_takes_pairs_for_an_adapter_trained_on_pairs(tiny_bert, tmp_path
     model, tokenizer = load_for_prediction("adapter")
     expected = predict(model, tokenizer, ["good film", "a film"], text_pairs=["good good film", "film"]).labels
     assert expected != predict(model, tokenizer, ["good film", "a film"]).labels  # the pair is read
-
+    capsys.readouterr()
     assert main(["predict", "adapter", "--pairs", "good film", "good good film", "a film", "film"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert [float(line.split()[0]) for line in printed] == pytest.approx(expected, abs=1e-3)
@@ -189,6 +189,7 @@ def test_predict_takes_pairs_for_an_adapter_trained_on_pairs(tiny_bert, tmp_path
                  "--text_pair_column", "second"]) == 0
     assert list(pd.read_csv("out.csv")["predicted_label"]) == pytest.approx(expected, abs=1e-5)
     for argv, message in [(["good film"], "was trained on text pairs"), (["--pairs", "one"], "two by two")]:
+        capsys.readouterr()  # the progress bars of the predictions above
         assert main(["predict", "adapter", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
